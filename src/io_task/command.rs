@@ -1,0 +1,71 @@
+//! The closed set of requests a user thread can make of the I/O task.
+//!
+//! Every way into the loop is one variant here and one arm of `EventLoop::handle`. A command
+//! that carries a `reply` resolves it exactly once; a command dropped unhandled (the loop
+//! stopped) drops its reply, which the waiting user reads as `SHUTDOWN`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use socket2::Socket;
+
+use crate::io_task::entry::{Chunk, Key, Sink, Window};
+use crate::oneshot;
+use crate::tcp::{ListenEvent, TcpError};
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, TcpError>>;
+
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Serve a bound, listening, non-blocking socket; accepted connections go to `events`.
+    AddListener {
+        socket: Socket,
+        events: flume::Sender<ListenEvent>,
+        reply: Reply<Key>,
+    },
+    /// Stop accepting and close the listening socket; the reply comes after the close.
+    CloseListener {
+        key: Key,
+        reply: oneshot::Sender<()>,
+    },
+    /// Serve a connected, non-blocking socket (from `connect`).
+    AddSocket {
+        socket: Arc<Socket>,
+        reply: Reply<Key>,
+    },
+    /// Deliver reads to `sink` (a port or a mailbox) from now on.
+    ReadStart {
+        key: Key,
+        sink: Sink,
+        reply: Reply<()>,
+    },
+    /// Stop delivering to the port; take back what it still holds.
+    ReadStop {
+        key: Key,
+        port: flume::Receiver<Chunk>,
+        window: Arc<Window>,
+        reply: Reply<()>,
+    },
+    /// Deliver one chunk (or the read error) to `reply`, or a timeout at `deadline`.
+    ReadOnce {
+        key: Key,
+        deadline: Option<Instant>,
+        reply: oneshot::Sender<Chunk>,
+    },
+    /// Stop delivering to a mailbox (what it already holds stays there).
+    Detach { key: Key, reply: Reply<()> },
+    /// Put bytes back in front of everything not yet delivered.
+    Unread { key: Key, data: Vec<u8> },
+    /// Queue bytes for writing; `done` resolves when the kernel has them all.
+    Write {
+        key: Key,
+        data: Vec<u8>,
+        done: oneshot::Sender<Result<(), TcpError>>,
+    },
+    /// The reader drained its window: read the socket again.
+    Resume(Key),
+    /// The user dropped the socket: flush what is queued, then close.
+    Close(Key),
+    /// Close everything and stop the loop.
+    Shutdown,
+}

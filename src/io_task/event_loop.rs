@@ -1,0 +1,819 @@
+//! The I/O thread: one poller, one slab, commands drained in batches.
+//!
+//! A cycle is: wait on the poller, dispatch its events, drain every queued command, flush
+//! the sockets that got new writes, send the mailbox batches, fire due timers. Only this
+//! thread reads, writes or accepts on a registered socket, and no user code runs here.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::io::{self, IoSlice, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use polling::Events;
+use slab::Slab;
+use socket2::Socket;
+
+use crate::io_task::command::Command;
+use crate::io_task::entry::{
+    Chunk, Delivery, Entry, Inbox, Key, ListenerEntry, PendingWrite, Sink, SocketEntry, next_id,
+};
+use crate::io_task::registration::{Interest, Registration};
+use crate::io_task::{Config, Shared};
+use crate::tcp::{ListenEvent, NewConnection, TcpError};
+
+/// Reads of a full buffer per socket per cycle before other sockets get a turn.
+const READS_PER_CYCLE: usize = 4;
+/// Queued writes gathered into one `sendmsg`.
+const MAX_IOVECS: usize = 64;
+/// How long accepting pauses after the process ran out of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+pub(crate) struct EventLoop {
+    /// Command queue, poller and wake-up flag, shared with every handle.
+    shared: Arc<Shared>,
+    config: Config,
+    /// Every listener and socket this task serves. A slot's index is its poller key.
+    entries: Slab<Entry>,
+    /// Receive buffer of every `recv`; chunks are copied out at their exact length.
+    buf: Vec<u8>,
+    /// Sockets with writes queued this cycle, flushed once after the command drain.
+    dirty: Vec<Key>,
+    /// This cycle's mailbox batches; `outbox_index` finds a mailbox's batch by address.
+    outbox: Vec<(Arc<dyn Inbox>, Vec<Delivery>)>,
+    outbox_index: HashMap<usize, usize>,
+    /// Read deadlines, drain deadlines and accept retries, soonest first.
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// Set by `Command::Shutdown`.
+    stopping: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    ReadDeadline(usize, u64),
+    DrainDeadline(usize, u64),
+    AcceptRetry(usize, u64),
+}
+
+impl EventLoop {
+    pub(crate) fn new(shared: Arc<Shared>, config: Config) -> EventLoop {
+        EventLoop {
+            shared,
+            buf: vec![0; config.read_buffer],
+            config,
+            entries: Slab::new(),
+            dirty: Vec::new(),
+            outbox: Vec::new(),
+            outbox_index: HashMap::new(),
+            timers: BinaryHeap::new(),
+            stopping: false,
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        let mut events = Events::new();
+        while !self.stopping {
+            self.drain_commands();
+            if self.stopping {
+                break;
+            }
+            self.flush_dirty();
+            self.send_outbox();
+
+            events.clear();
+            let timeout = self.next_timeout();
+            self.wait(&mut events, timeout);
+            for event in events.iter() {
+                self.dispatch(event.key, event.readable, event.writable);
+            }
+            self.fire_timers();
+        }
+        self.close_all();
+    }
+
+    /// Waits on the poller, spinning first when configured, and sleeps only after telling
+    /// command senders (through `sleeping`) that a notification is needed.
+    fn wait(&mut self, events: &mut Events, timeout: Option<Duration>) {
+        let shared = &*self.shared;
+        if timeout != Some(Duration::ZERO) && !self.config.spin.is_zero() {
+            let until = Instant::now() + self.config.spin;
+            loop {
+                if !shared.commands_rx.is_empty() {
+                    return;
+                }
+                let _ = shared.poller.wait(events, Some(Duration::ZERO));
+                if !events.is_empty() || Instant::now() >= until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            if !events.is_empty() {
+                return;
+            }
+        }
+        shared.sleeping.store(true, Ordering::SeqCst);
+        let timeout = if shared.commands_rx.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
+        if let Err(e) = shared.poller.wait(events, timeout) {
+            // `polling` retries EINTR itself; anything else is a broken poller. Sleep briefly
+            // so that a persistent failure cannot turn into a busy loop.
+            debug_assert!(false, "poller wait failed: {e}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        shared.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        self.timers
+            .peek()
+            .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()))
+    }
+
+    fn drain_commands(&mut self) {
+        // Bounded, so that a flood of commands cannot starve the sockets.
+        for _ in 0..4096 {
+            match self.shared.commands_rx.try_recv() {
+                Ok(command) => self.handle(command),
+                Err(_) => break,
+            }
+            if self.stopping {
+                break;
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::AddListener {
+                socket,
+                events,
+                reply,
+            } => {
+                let _ = reply.send(self.add_listener(socket, events));
+            }
+            Command::CloseListener { key, reply } => {
+                if let Some(Entry::Listener(_)) = self.get(key) {
+                    self.entries.remove(key.index);
+                }
+                let _ = reply.send(());
+            }
+            Command::AddSocket { socket, reply } => {
+                let key = self.insert_socket(socket);
+                let _ = reply.send(Ok(key));
+            }
+            Command::ReadStart { key, sink, reply } => {
+                let result = self.read_start(key, sink);
+                let _ = reply.send(result);
+            }
+            Command::ReadStop {
+                key,
+                port,
+                window,
+                reply,
+            } => {
+                let result = match self.socket(key) {
+                    Some(s) => {
+                        if matches!(&s.sink, Sink::Port { window: w, .. } if Arc::ptr_eq(w, &window))
+                        {
+                            s.sink = Sink::None;
+                        }
+                        // Nothing can be sent to the port any more: take back what it holds,
+                        // in order, ahead of anything read later.
+                        let mut taken = 0;
+                        let mut back: VecDeque<Chunk> = port.drain().collect();
+                        for chunk in &back {
+                            taken += chunk.as_ref().map_or(0, Vec::len);
+                        }
+                        back.append(&mut s.stash);
+                        s.stash = back;
+                        window.sub(taken);
+                        self.update_interest(key);
+                        Ok(())
+                    }
+                    None => Err(TcpError::closed()),
+                };
+                let _ = reply.send(result);
+            }
+            Command::ReadOnce {
+                key,
+                deadline,
+                reply,
+            } => {
+                let sink = Sink::Once {
+                    tx: reply,
+                    deadline,
+                };
+                // On failure `read_start` already resolved the reply with the error.
+                if self.read_start(key, sink).is_ok() {
+                    if let Some(at) = deadline {
+                        self.timers
+                            .push(Reverse((at, Timer::ReadDeadline(key.index, key.id))));
+                    }
+                }
+            }
+            Command::Detach { key, reply } => {
+                let result = match self.socket(key) {
+                    Some(s) => {
+                        if matches!(s.sink, Sink::Mailbox { .. }) {
+                            s.sink = Sink::None;
+                        }
+                        self.update_interest(key);
+                        Ok(())
+                    }
+                    None => Err(TcpError::closed()),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Unread { key, data } => {
+                if let Some(s) = self.socket(key) {
+                    if !data.is_empty() {
+                        s.stash.push_front(Ok(data));
+                    }
+                }
+            }
+            Command::Write { key, data, done } => self.queue_write(key, data, done),
+            Command::Resume(key) => {
+                if let Some(s) = self.socket(key) {
+                    s.paused = false;
+                    self.update_interest(key);
+                }
+            }
+            Command::Close(key) => self.close_socket(key),
+            Command::Shutdown => self.stopping = true,
+        }
+    }
+
+    fn add_listener(
+        &mut self,
+        socket: Socket,
+        events: flume::Sender<ListenEvent>,
+    ) -> Result<Key, TcpError> {
+        let id = next_id();
+        let vacant = self.entries.vacant_entry();
+        let key = Key {
+            index: vacant.key(),
+            id,
+        };
+        let mut reg = Registration::new(Arc::new(socket), self.shared.poller.clone(), key.index);
+        reg.set_interest(Interest {
+            read: true,
+            write: false,
+        })?;
+        vacant.insert(Entry::Listener(ListenerEntry {
+            id,
+            reg,
+            events,
+            backing_off: false,
+        }));
+        Ok(key)
+    }
+
+    fn insert_socket(&mut self, socket: Arc<Socket>) -> Key {
+        let id = next_id();
+        let vacant = self.entries.vacant_entry();
+        let key = Key {
+            index: vacant.key(),
+            id,
+        };
+        let reg = Registration::new(socket, self.shared.poller.clone(), key.index);
+        vacant.insert(Entry::Socket(SocketEntry {
+            id,
+            reg,
+            sink: Sink::None,
+            stash: VecDeque::new(),
+            read_end: None,
+            paused: false,
+            writes: VecDeque::new(),
+            write_error: None,
+            closing: false,
+            dirty: false,
+        }));
+        key
+    }
+
+    fn get(&mut self, key: Key) -> Option<&mut Entry> {
+        self.entries.get_mut(key.index).filter(|e| e.id() == key.id)
+    }
+
+    fn socket(&mut self, key: Key) -> Option<&mut SocketEntry> {
+        match self.get(key) {
+            Some(Entry::Socket(s)) if !s.closing => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Attaches a new reader, after handing it the stash (and the end of the stream, if it
+    /// was seen). A reader already attached and still alive makes this fail with `BUSY`.
+    fn read_start(&mut self, key: Key, sink: Sink) -> Result<(), TcpError> {
+        let Some(s) = self.socket(key) else {
+            refuse(sink, TcpError::closed());
+            return Err(TcpError::closed());
+        };
+        if !s.sink.is_abandoned() {
+            refuse(sink, TcpError::busy());
+            return Err(TcpError::busy());
+        }
+        s.sink = sink;
+        // A dropped port or future may have left chunks behind only on its way out; the
+        // stash holds everything taken back, in order.
+        let mut stash = std::mem::take(&mut s.stash);
+        while let Some(chunk) = stash.pop_front() {
+            self.deliver(key, chunk);
+            if matches!(self.socket(key), Some(s) if matches!(s.sink, Sink::None)) {
+                break;
+            }
+        }
+        if let Some(s) = self.socket(key) {
+            // A one-chunk reader leaves the rest for the next one, ahead of anything newer.
+            stash.append(&mut s.stash);
+            s.stash = stash;
+        }
+        if let Some(s) = self.socket(key) {
+            if let (Some(end), false) = (&s.read_end, matches!(s.sink, Sink::None)) {
+                let end = end.clone();
+                self.deliver(key, Err(end));
+            }
+        }
+        self.update_interest(key);
+        Ok(())
+    }
+
+    /// Hands one read result to the socket's sink, taking it back into the stash when the
+    /// reader is gone, and parking the socket when the reader's window is full.
+    fn deliver(&mut self, key: Key, chunk: Chunk) {
+        let shared = self.shared.clone();
+        // Borrow only the slab, so that the outbox fields stay usable below.
+        let Some(Entry::Socket(s)) = self.entries.get_mut(key.index).filter(|e| e.id() == key.id)
+        else {
+            return;
+        };
+        let len = chunk.as_ref().map_or(0, Vec::len);
+        let end = chunk.is_err();
+        match std::mem::replace(&mut s.sink, Sink::None) {
+            Sink::None => s.stash.push_back(chunk),
+            Sink::Port { tx, window } => {
+                let full = window.add(len);
+                match tx.send(chunk) {
+                    Ok(()) if end => {}
+                    Ok(()) => {
+                        if full {
+                            s.paused = true;
+                            window.park(shared, key);
+                        }
+                        s.sink = Sink::Port { tx, window };
+                    }
+                    Err(flume::SendError(chunk)) => {
+                        window.sub(len);
+                        s.stash.push_back(chunk);
+                    }
+                }
+            }
+            Sink::Mailbox { inbox, window } => {
+                let full = window.add(len);
+                let slot = Arc::as_ptr(&inbox) as *const () as usize;
+                let index = *self.outbox_index.entry(slot).or_insert_with(|| {
+                    self.outbox.push((inbox.clone(), Vec::new()));
+                    self.outbox.len() - 1
+                });
+                self.outbox[index].1.push(Delivery { key, chunk });
+                if !end {
+                    if full {
+                        s.paused = true;
+                        window.park(shared, key);
+                    }
+                    s.sink = Sink::Mailbox { inbox, window };
+                }
+            }
+            Sink::Once { tx, .. } => {
+                if let Err(chunk) = tx.send(chunk) {
+                    s.stash.push_back(chunk);
+                }
+            }
+        }
+    }
+
+    fn send_outbox(&mut self) {
+        self.outbox_index.clear();
+        let outbox = std::mem::take(&mut self.outbox);
+        for (inbox, batch) in outbox {
+            if let Err(batch) = inbox.deliver(batch) {
+                // The mailbox was dropped: keep its chunks for whoever reads next.
+                for Delivery { key, chunk } in batch {
+                    if let Some(Entry::Socket(s)) = self.get(key) {
+                        if matches!(&s.sink, Sink::Mailbox { inbox: i, .. } if Arc::ptr_eq(i, &inbox))
+                        {
+                            s.sink = Sink::None;
+                        }
+                        s.stash.push_back(chunk);
+                        self.update_interest(key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Registers exactly the interest the socket's state calls for.
+    fn update_interest(&mut self, key: Key) {
+        let Some(entry) = self.get(key) else {
+            return;
+        };
+        let Entry::Socket(s) = entry else {
+            return;
+        };
+        let want = Interest {
+            read: !s.closing
+                && !s.paused
+                && s.read_end.is_none()
+                && !matches!(s.sink, Sink::None)
+                && s.stash.is_empty(),
+            write: !s.writes.is_empty() && !s.dirty,
+        };
+        if let Err(e) = s.reg.set_interest(want) {
+            // The kernel refused the registration (ENOMEM, ENOSPC): the socket can no longer
+            // be served, so it fails loudly instead of hanging.
+            self.fail_socket(key, TcpError::from(e));
+        }
+    }
+
+    fn dispatch(&mut self, index: usize, readable: bool, writable: bool) {
+        let Some(entry) = self.entries.get(index) else {
+            return;
+        };
+        let key = Key {
+            index,
+            id: entry.id(),
+        };
+        match entry {
+            Entry::Listener(_) => self.accept(key),
+            Entry::Socket(s) => {
+                let interest = s.reg.interest();
+                if writable && interest.write {
+                    self.flush(key);
+                }
+                if readable && interest.read {
+                    self.read(key);
+                }
+            }
+        }
+    }
+
+    fn read(&mut self, key: Key) {
+        for _ in 0..READS_PER_CYCLE {
+            let Some(Entry::Socket(s)) = self.get(key) else {
+                return;
+            };
+            let socket = s.reg.socket().clone();
+            let result = (&*socket).read(&mut self.buf);
+            match result {
+                Ok(0) => {
+                    self.end_reading(key, TcpError::eof());
+                    break;
+                }
+                Ok(n) => {
+                    let drained = n < self.buf.len();
+                    self.deliver(key, Ok(self.buf[..n].to_vec()));
+                    let Some(Entry::Socket(s)) = self.get(key) else {
+                        return;
+                    };
+                    // A short read emptied the kernel buffer; level mode reports more later.
+                    if drained
+                        || s.paused
+                        || !matches!(s.sink, Sink::Port { .. } | Sink::Mailbox { .. })
+                    {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.end_reading(key, TcpError::from(e));
+                    break;
+                }
+            }
+        }
+        self.update_interest(key);
+    }
+
+    fn end_reading(&mut self, key: Key, error: TcpError) {
+        if let Some(Entry::Socket(s)) = self.get(key) {
+            s.read_end = Some(error.clone());
+            self.deliver(key, Err(error));
+        }
+    }
+
+    fn queue_write(
+        &mut self,
+        key: Key,
+        data: Vec<u8>,
+        done: crate::oneshot::Sender<Result<(), TcpError>>,
+    ) {
+        let Some(s) = self.socket(key) else {
+            let _ = done.send(Err(TcpError::closed()));
+            return;
+        };
+        if let Some(e) = &s.write_error {
+            let _ = done.send(Err(e.clone()));
+            return;
+        }
+        if data.is_empty() && s.writes.is_empty() {
+            let _ = done.send(Ok(()));
+            return;
+        }
+        s.writes.push_back(PendingWrite {
+            data,
+            written: 0,
+            done: Some(done),
+        });
+        // Unless the socket already waits for writability, flush after the command drain,
+        // so that every write queued in this batch goes out in one call.
+        if !s.dirty && !s.reg.interest().write {
+            s.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            if let Some(Entry::Socket(s)) = self.get(key) {
+                s.dirty = false;
+                self.flush(key);
+            }
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    /// Writes as much of the queue as the kernel takes, one gathered `sendmsg` at a time.
+    fn flush(&mut self, key: Key) {
+        loop {
+            let Some(Entry::Socket(s)) = self.get(key) else {
+                return;
+            };
+            if s.writes.is_empty() {
+                break;
+            }
+            let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for w in s.writes.iter().take(MAX_IOVECS) {
+                slices[count] = IoSlice::new(&w.data[w.written..]);
+                count += 1;
+            }
+            let result = s
+                .reg
+                .socket()
+                .send_vectored_with_flags(&slices[..count], libc::MSG_NOSIGNAL);
+            match result {
+                Ok(mut n) => {
+                    while n > 0 || s.writes.front().is_some_and(|w| w.written == w.data.len()) {
+                        let Some(front) = s.writes.front_mut() else {
+                            break;
+                        };
+                        let take = n.min(front.data.len() - front.written);
+                        front.written += take;
+                        n -= take;
+                        if front.written < front.data.len() {
+                            break;
+                        }
+                        if let Some(done) = s.writes.pop_front().and_then(|w| w.done) {
+                            let _ = done.send(Ok(()));
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.fail_writes(key, TcpError::from(e));
+                    break;
+                }
+            }
+        }
+        let closing_done =
+            matches!(self.get(key), Some(Entry::Socket(s)) if s.closing && s.writes.is_empty());
+        if closing_done {
+            self.remove(key, TcpError::closed());
+        } else {
+            self.update_interest(key);
+        }
+    }
+
+    fn fail_writes(&mut self, key: Key, error: TcpError) {
+        if let Some(Entry::Socket(s)) = self.get(key) {
+            s.write_error = Some(error.clone());
+            for w in s.writes.drain(..) {
+                if let Some(done) = w.done {
+                    let _ = done.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    /// Fails everything queued on a socket the loop can no longer serve.
+    fn fail_socket(&mut self, key: Key, error: TcpError) {
+        self.fail_writes(key, error.clone());
+        if let Some(Entry::Socket(s)) = self.get(key) {
+            if s.read_end.is_none() {
+                self.end_reading(key, error);
+            }
+        }
+        self.remove(key, TcpError::closed());
+    }
+
+    /// The user dropped the socket: stop reading, flush the queue (bounded by the drain
+    /// timeout), then close.
+    fn close_socket(&mut self, key: Key) {
+        let drain_timeout = self.config.drain_timeout;
+        let Some(s) = self.socket(key) else {
+            return;
+        };
+        if s.sink.is_abandoned() || s.read_end.is_some() {
+            s.sink = Sink::None;
+        } else {
+            self.deliver(key, Err(TcpError::closed()));
+        }
+        let Some(s) = self.socket(key) else {
+            return;
+        };
+        s.closing = true;
+        s.stash.clear();
+        if s.writes.is_empty() {
+            self.remove(key, TcpError::closed());
+        } else {
+            self.timers.push(Reverse((
+                Instant::now() + drain_timeout,
+                Timer::DrainDeadline(key.index, key.id),
+            )));
+            self.update_interest(key);
+        }
+    }
+
+    /// Takes a socket out of the slab: its reader and writers get `error`, its registration
+    /// is deleted, and both directions are shut down so the peer sees the close even while a
+    /// user still holds the `TcpSocket`.
+    fn remove(&mut self, key: Key, error: TcpError) {
+        if self.get(key).is_none() {
+            return;
+        }
+        if let Some(Entry::Socket(s)) = self.get(key) {
+            if !s.writes.is_empty() {
+                self.fail_writes(key, error.clone());
+            }
+        }
+        if let Some(Entry::Socket(s)) = self.get(key) {
+            if !matches!(s.sink, Sink::None) {
+                self.deliver(key, Err(error.clone()));
+            }
+        }
+        match self.entries.remove(key.index) {
+            Entry::Socket(s) => {
+                let _ = s.reg.socket().shutdown(std::net::Shutdown::Both);
+                drop(s);
+            }
+            Entry::Listener(l) => {
+                let _ = l.events.send(ListenEvent::Stopped(error));
+            }
+        }
+    }
+
+    fn accept(&mut self, key: Key) {
+        for _ in 0..self.config.accepts_per_cycle {
+            let Some(Entry::Listener(l)) = self.get(key) else {
+                return;
+            };
+            let result = accept_nonblocking(l.reg.socket());
+            match result {
+                Ok(socket) => {
+                    // A failure here leaves Nagle on; the socket still works, so go on.
+                    let _ = socket.set_tcp_nodelay(true);
+                    let socket_key = self.insert_socket(Arc::new(socket));
+                    let Some(Entry::Socket(s)) = self.get(socket_key) else {
+                        continue;
+                    };
+                    let socket = s.reg.socket().clone();
+                    let conn = NewConnection::new(socket_key, self.shared.clone(), socket);
+                    if let Some(Entry::Listener(l)) = self.get(key) {
+                        // If `listen` already returned, dropping the connection closes it.
+                        let _ = l.events.send(ListenEvent::Connection(conn));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EPERM)
+                    ) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
+                    // Out of descriptors or memory: in level mode the pending connection would
+                    // be reported again at once, a busy loop. Stop asking until a timer fires.
+                    l.backing_off = true;
+                    if let Err(e) = l.reg.set_interest(Interest::default()) {
+                        let _ = l.events.send(ListenEvent::Stopped(TcpError::from(e)));
+                    }
+                    self.timers.push(Reverse((
+                        Instant::now() + ACCEPT_BACKOFF,
+                        Timer::AcceptRetry(key.index, key.id),
+                    )));
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match timer {
+                Timer::ReadDeadline(index, id) => {
+                    let key = Key { index, id };
+                    if let Some(s) = self.socket(key) {
+                        if matches!(s.sink, Sink::Once { deadline: Some(d), .. } if d == at) {
+                            self.deliver(key, Err(TcpError::timeout()));
+                            self.update_interest(key);
+                        }
+                    }
+                }
+                Timer::DrainDeadline(index, id) => {
+                    let key = Key { index, id };
+                    if matches!(self.get(key), Some(Entry::Socket(s)) if s.closing) {
+                        self.remove(key, TcpError::timeout());
+                    }
+                }
+                Timer::AcceptRetry(index, id) => {
+                    let key = Key { index, id };
+                    if let Some(Entry::Listener(l)) = self.get(key) {
+                        l.backing_off = false;
+                        let read = Interest {
+                            read: true,
+                            write: false,
+                        };
+                        if let Err(e) = l.reg.set_interest(read) {
+                            let _ = l.events.send(ListenEvent::Stopped(TcpError::from(e)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the loop: every reader, writer and listener gets `SHUTDOWN`, every descriptor is
+    /// deleted from the poller and closed, and commands still queued are dropped (their
+    /// waiters see `SHUTDOWN`).
+    fn close_all(&mut self) {
+        let keys: Vec<Key> = self
+            .entries
+            .iter()
+            .map(|(index, e)| Key { index, id: e.id() })
+            .collect();
+        for key in keys {
+            self.remove(key, TcpError::shutdown());
+        }
+        self.send_outbox();
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        while let Ok(command) = self.shared.commands_rx.try_recv() {
+            drop(command);
+        }
+    }
+}
+
+/// Resolves the reply a refused sink carries, so that nobody waits on it.
+fn refuse(sink: Sink, error: TcpError) {
+    if let Sink::Once { tx, .. } = sink {
+        let _ = tx.send(Err(error));
+    }
+}
+
+/// `accept4` with `SOCK_NONBLOCK | SOCK_CLOEXEC`: one system call for what std and socket2
+/// do in three.
+fn accept_nonblocking(listener: &Socket) -> io::Result<Socket> {
+    // SAFETY: `accept4` with null address pointers only reads the listening descriptor,
+    // which `listener` keeps open for the duration of the call.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `accept4` returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(Socket::from(fd))
+}

@@ -1,0 +1,94 @@
+//! TCP networking for message-passing Rust: one I/O thread owns every socket, and your
+//! threads talk to it over channels.
+//!
+//! # Bird's eye
+//!
+//! An [`IoTask`] is a dedicated thread running an event loop (the `polling` crate) over a
+//! slab of every listener and socket created on it. User threads never wait on a file
+//! descriptor: they send the I/O task commands and receive results on channels.
+//!
+//! - [`tcp::listen`] runs a server through two callbacks: `on_establish(kill)` once the
+//!   port is bound, `new_connect(new_conn, &kill)` for each connection, on your thread.
+//! - [`tcp::accept`] turns a [`NewConnection`](tcp::NewConnection) into a
+//!   [`TcpSocket`](tcp::TcpSocket) on any thread; [`tcp::connect`] makes a client socket.
+//! - [`TcpSocket::read_start`](tcp::TcpSocket::read_start) returns a
+//!   [`ReadPort`](tcp::ReadPort) on which chunks arrive;
+//!   [`write_future`](tcp::TcpSocket::write_future) moves bytes into the I/O task and
+//!   resolves when the kernel has them.
+//! - A [`Mailbox`] receives the reads of many sockets, each chunk tagged with its socket,
+//!   plus the actor's own messages: one thread can own thousands of connections.
+//!
+//! # Thread model
+//!
+//! Only the I/O thread reads, writes or accepts on a registered socket, and no user code
+//! ever runs on it. Commands are drained in batches, queued writes are gathered into one
+//! system call, and a sleeping thread is woken only when there is something for it.
+//! Everything is bounded: a reader that falls behind stops its sockets being read (TCP flow
+//! control then slows the peer), and memory per connection stays at about one read window.
+//!
+//! # Example: an echo server and a client
+//!
+//! ```
+//! use std::time::Duration;
+//! use iotask::tcp;
+//!
+//! let iotask = iotask::IoTask::spawn()?;
+//! let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+//! let server = std::thread::spawn({
+//!     let iotask = iotask.clone();
+//!     move || {
+//!         tcp::listen("127.0.0.1:0", 128, &iotask,
+//!             |kill| addr_tx.send(kill).unwrap(),
+//!             |new_conn, _kill| {
+//!                 std::thread::spawn(move || {
+//!                     let sock = tcp::accept(new_conn).unwrap();
+//!                     let port = sock.read_start().unwrap();
+//!                     while let Ok(chunk) = port.recv() {
+//!                         drop(sock.write_future(chunk));
+//!                     }
+//!                 });
+//!             })
+//!     }
+//! });
+//! let kill = addr_rx.recv_timeout(Duration::from_secs(5))?;
+//!
+//! let client = tcp::connect(kill.local_addr(), &iotask)?;
+//! client.write(b"hello".to_vec())?;
+//! assert_eq!(client.read(Duration::from_secs(5))?, b"hello");
+//!
+//! kill.send(None).unwrap();
+//! assert_eq!(server.join().unwrap(), Ok(()));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+
+mod io_task;
+mod mailbox;
+mod oneshot;
+pub mod tcp;
+
+pub use io_task::{Builder, IoTask, global};
+pub use mailbox::{Event, Mailbox, MailboxSender, SocketId};
+
+#[allow(dead_code)]
+fn _assert_auto_traits() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<IoTask>();
+    send_sync::<tcp::TcpSocket>();
+    send::<tcp::NewConnection>();
+    send::<tcp::KillChan>();
+    send::<tcp::ReadPort>();
+    send::<tcp::WriteFuture>();
+    send::<tcp::ReadFuture>();
+    send::<tcp::TcpSocketBuf>();
+    send::<Mailbox<String>>();
+    send_sync::<MailboxSender<String>>();
+    send_sync::<tcp::TcpError>();
+}

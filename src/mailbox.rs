@@ -1,0 +1,313 @@
+//! `Mailbox`: one queue for the reads of many sockets and an actor's own messages.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::io_task::entry::{Delivery, Inbox, Window};
+use crate::tcp::TcpError;
+
+/// Default bytes a mailbox may hold unreceived before its sockets stop being read.
+const DEFAULT_WINDOW: usize = 4 * 1024 * 1024;
+
+/// The identity of a socket in mailbox events; unique in the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SocketId(pub(crate) u64);
+
+impl fmt::Display for SocketId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "socket#{}", self.0)
+    }
+}
+
+/// What an actor receives from its [`Mailbox`].
+#[derive(Debug)]
+pub enum Event<M> {
+    /// Bytes read from an attached socket, in order per socket, never empty.
+    Data {
+        /// The socket they came from ([`TcpSocket::id`](crate::tcp::TcpSocket::id)).
+        socket: SocketId,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Reading from an attached socket ended: `error` is `"EOF"` when the peer closed, the
+    /// read error, `"CLOSED"` when the socket was dropped, or `"SHUTDOWN"`. It comes once per
+    /// socket, after its last `Data`, and the socket is detached.
+    Closed {
+        /// The socket whose reading ended.
+        socket: SocketId,
+        /// Why.
+        error: TcpError,
+    },
+    /// A message sent through a [`MailboxSender`].
+    Message(M),
+}
+
+/// One queue for an actor: the reads of every socket attached to it, each tagged with its
+/// socket, and messages of type `M` from other threads.
+///
+/// This is how one thread serves many sockets. The I/O task sends the mailbox one batch per
+/// loop cycle, holding what it read from every attached socket in that cycle, so a busy
+/// actor is woken once per batch rather than once per chunk; `recv` then hands the batch
+/// out an event at a time without blocking.
+///
+/// Flow control covers the mailbox as a whole: when more than its window of received bytes
+/// waits unreceived (4 MiB by default), its sockets stop being read until the actor catches
+/// up to half of it.
+///
+/// # Examples
+///
+/// An echo actor that owns every connection:
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::time::Duration;
+/// use iotask::{Event, Mailbox, tcp};
+///
+/// let iotask = iotask::IoTask::spawn()?;
+/// let server = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let addr = server.local_addr()?;
+///
+/// let mut mailbox: Mailbox<tcp::TcpSocket> = Mailbox::new();
+/// let sender = mailbox.sender();
+///
+/// // Two client connections, handed to the actor as messages.
+/// let mut clients = Vec::new();
+/// for _ in 0..2 {
+///     sender.send(tcp::connect(addr, &iotask)?).unwrap();
+///     clients.push(server.accept()?.0);
+/// }
+///
+/// let actor = std::thread::spawn(move || {
+///     let mut sockets = HashMap::new();
+///     let mut echoed = 0;
+///     while echoed < 2 {
+///         match mailbox.recv_timeout(Duration::from_secs(5)).expect("events") {
+///             Event::Message(sock) => {
+///                 sock.attach(&mailbox).unwrap();
+///                 sockets.insert(sock.id(), sock);
+///             }
+///             Event::Data { socket, data } => {
+///                 drop(sockets[&socket].write_future(data));
+///                 echoed += 1;
+///             }
+///             Event::Closed { socket, .. } => {
+///                 sockets.remove(&socket);
+///             }
+///         }
+///     }
+/// });
+///
+/// for (i, client) in clients.iter_mut().enumerate() {
+///     use std::io::{Read, Write};
+///     client.write_all(&[i as u8])?;
+///     let mut b = [0u8];
+///     client.read_exact(&mut b)?;
+///     assert_eq!(b[0], i as u8);
+/// }
+/// actor.join().unwrap();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Mailbox<M = ()> {
+    rx: flume::Receiver<Envelope<M>>,
+    sender: MailboxSender<M>,
+    /// The rest of the last batch, handed out before anything new is received.
+    batch: VecDeque<Delivery>,
+}
+
+/// Sends messages into a [`Mailbox`] from any thread; also attaches sockets to it
+/// (see [`TcpSocket::attach`](crate::tcp::TcpSocket::attach)).
+pub struct MailboxSender<M> {
+    tx: flume::Sender<Envelope<M>>,
+    inbox: Arc<MailboxInbox<M>>,
+    window: Arc<Window>,
+}
+
+enum Envelope<M> {
+    Reads(Vec<Delivery>),
+    Message(M),
+}
+
+/// The loop's view of a mailbox.
+struct MailboxInbox<M> {
+    tx: flume::Sender<Envelope<M>>,
+}
+
+impl<M: Send + 'static> Inbox for MailboxInbox<M> {
+    fn deliver(&self, batch: Vec<Delivery>) -> Result<(), Vec<Delivery>> {
+        self.tx
+            .send(Envelope::Reads(batch))
+            .map_err(|flume::SendError(envelope)| match envelope {
+                Envelope::Reads(batch) => batch,
+                Envelope::Message(_) => Vec::new(),
+            })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.is_disconnected()
+    }
+}
+
+impl<M: Send + 'static> Mailbox<M> {
+    /// An empty mailbox with the default window (4 MiB).
+    pub fn new() -> Mailbox<M> {
+        Mailbox::with_window(DEFAULT_WINDOW)
+    }
+
+    /// An empty mailbox that holds at most about `bytes` of unreceived socket data.
+    pub fn with_window(bytes: usize) -> Mailbox<M> {
+        let (tx, rx) = flume::unbounded();
+        Mailbox {
+            rx,
+            sender: MailboxSender {
+                inbox: Arc::new(MailboxInbox { tx: tx.clone() }),
+                tx,
+                window: Arc::new(Window::new(bytes)),
+            },
+            batch: VecDeque::new(),
+        }
+    }
+
+    /// A sender for this mailbox, for other threads.
+    pub fn sender(&self) -> MailboxSender<M> {
+        self.sender.clone()
+    }
+
+    /// Blocks until the next event.
+    ///
+    /// The mailbox holds a sender itself, so this waits forever when nothing is attached
+    /// and nobody sends; use [`recv_timeout`](Mailbox::recv_timeout) to bound the wait.
+    pub fn recv(&mut self) -> Event<M> {
+        loop {
+            if let Some(event) = self.next_buffered() {
+                return event;
+            }
+            match self.rx.recv() {
+                Ok(envelope) => {
+                    if let Some(event) = self.open(envelope) {
+                        return event;
+                    }
+                }
+                Err(flume::RecvError::Disconnected) => unreachable!("the mailbox holds a sender"),
+            }
+        }
+    }
+
+    /// Waits at most `timeout` for the next event.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Option<Event<M>> {
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            if let Some(event) = self.next_buffered() {
+                return Some(event);
+            }
+            let envelope = match deadline {
+                Some(deadline) => self.rx.recv_deadline(deadline).ok()?,
+                None => self.rx.recv().ok()?,
+            };
+            if let Some(event) = self.open(envelope) {
+                return Some(event);
+            }
+        }
+    }
+
+    /// Returns the next event if one is waiting, without blocking.
+    pub fn try_recv(&mut self) -> Option<Event<M>> {
+        loop {
+            if let Some(event) = self.next_buffered() {
+                return Some(event);
+            }
+            let envelope = self.rx.try_recv().ok()?;
+            if let Some(event) = self.open(envelope) {
+                return Some(event);
+            }
+        }
+    }
+
+    fn open(&mut self, envelope: Envelope<M>) -> Option<Event<M>> {
+        match envelope {
+            Envelope::Message(m) => Some(Event::Message(m)),
+            Envelope::Reads(batch) => {
+                self.batch = batch.into();
+                self.next_buffered()
+            }
+        }
+    }
+
+    fn next_buffered(&mut self) -> Option<Event<M>> {
+        let Delivery { key, chunk } = self.batch.pop_front()?;
+        let socket = SocketId(key.id);
+        Some(match chunk {
+            Ok(data) => {
+                self.sender.window.sub(data.len());
+                Event::Data { socket, data }
+            }
+            Err(error) => Event::Closed { socket, error },
+        })
+    }
+}
+
+impl<M: Send + 'static> Default for Mailbox<M> {
+    fn default() -> Mailbox<M> {
+        Mailbox::new()
+    }
+}
+
+impl<M> MailboxSender<M> {
+    /// Sends a message; gives it back when the mailbox was dropped.
+    pub fn send(&self, message: M) -> Result<(), M> {
+        self.tx.send(Envelope::Message(message)).map_err(
+            |flume::SendError(envelope)| match envelope {
+                Envelope::Message(m) => m,
+                Envelope::Reads(_) => unreachable!("only messages are sent here"),
+            },
+        )
+    }
+
+    pub(crate) fn window(&self) -> Arc<Window> {
+        self.window.clone()
+    }
+}
+
+impl<M: Send + 'static> MailboxSender<M> {
+    pub(crate) fn inbox(&self) -> Arc<dyn Inbox> {
+        self.inbox.clone()
+    }
+}
+
+impl<M> Clone for MailboxSender<M> {
+    fn clone(&self) -> MailboxSender<M> {
+        MailboxSender {
+            tx: self.tx.clone(),
+            inbox: self.inbox.clone(),
+            window: self.window.clone(),
+        }
+    }
+}
+
+impl<M> AsRef<MailboxSender<M>> for Mailbox<M> {
+    fn as_ref(&self) -> &MailboxSender<M> {
+        &self.sender
+    }
+}
+
+impl<M> AsRef<MailboxSender<M>> for MailboxSender<M> {
+    fn as_ref(&self) -> &MailboxSender<M> {
+        self
+    }
+}
+
+impl<M> fmt::Debug for Mailbox<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mailbox")
+            .field("batches", &self.rx.len())
+            .field("buffered", &self.batch.len())
+            .finish()
+    }
+}
+
+impl<M> fmt::Debug for MailboxSender<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MailboxSender").finish_non_exhaustive()
+    }
+}

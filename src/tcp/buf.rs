@@ -1,0 +1,183 @@
+//! `TcpSocketBuf`: a socket as a buffered `Read + BufRead + Write` stream.
+
+use std::fmt;
+use std::io::{self, BufRead, Read, Write};
+use std::time::Duration;
+
+use crate::tcp::{ReadPort, TcpError, TcpSocket};
+
+/// Writes are gathered up to this size before they are handed to the I/O task.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+/// A [`TcpSocket`] as a blocking, buffered stream: [`Read`], [`BufRead`] and [`Write`].
+///
+/// Made by [`socket_buf`](super::socket_buf). Reads start a port on first use and return
+/// `Ok(0)` at the end of the stream; writes are buffered and handed to the I/O task on
+/// [`flush`](Write::flush) or when 64 KiB have gathered. Dropping the buffer hands the
+/// unflushed bytes to the socket, which writes them before it closes; call `flush` to learn
+/// whether they were written.
+///
+/// # Examples
+///
+/// ```
+/// use std::io::{BufRead, Write};
+/// use iotask::tcp;
+///
+/// let iotask = iotask::IoTask::spawn()?;
+/// let server = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let mut buf = tcp::socket_buf(tcp::connect(server.local_addr()?, &iotask)?);
+/// let (peer, _) = server.accept()?;
+/// std::thread::spawn(move || {
+///     // Echo one line back.
+///     let mut line = String::new();
+///     std::io::BufReader::new(&peer).read_line(&mut line).unwrap();
+///     (&peer).write_all(line.as_bytes()).unwrap();
+/// });
+///
+/// writeln!(buf, "hello")?;
+/// buf.flush()?;
+/// let mut line = String::new();
+/// buf.read_line(&mut line)?;
+/// assert_eq!(line, "hello\n");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct TcpSocketBuf {
+    socket: Option<TcpSocket>,
+    port: Option<ReadPort>,
+    /// The chunk being read, and how much of it was consumed.
+    chunk: Vec<u8>,
+    pos: usize,
+    out: Vec<u8>,
+    eof: bool,
+    read_timeout: Option<Duration>,
+}
+
+impl TcpSocketBuf {
+    pub(crate) fn new(socket: TcpSocket) -> TcpSocketBuf {
+        TcpSocketBuf {
+            socket: Some(socket),
+            port: None,
+            chunk: Vec::new(),
+            pos: 0,
+            out: Vec::new(),
+            eof: false,
+            read_timeout: None,
+        }
+    }
+
+    /// Makes reads fail with [`io::ErrorKind::TimedOut`] when no byte comes within
+    /// `timeout`; `None` (the default) waits forever.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout = timeout;
+    }
+
+    /// The socket inside.
+    pub fn get_ref(&self) -> &TcpSocket {
+        self.socket
+            .as_ref()
+            .expect("the socket is present until into_inner")
+    }
+
+    /// Flushes, stops reading, and gives the socket back. Bytes received but not yet read
+    /// through the buffer are put back in front of the socket's next read.
+    ///
+    /// # Errors
+    ///
+    /// The error of the flush; the socket is then dropped (its writes had failed anyway).
+    pub fn into_inner(mut self) -> Result<TcpSocket, TcpError> {
+        self.flush_out()?;
+        let socket = self
+            .socket
+            .take()
+            .expect("the socket is present until into_inner");
+        if let Some(port) = self.port.take() {
+            socket.read_stop(port)?;
+        }
+        let rest = self.chunk.split_off(self.pos);
+        if !rest.is_empty() {
+            socket.unread(rest);
+        }
+        Ok(socket)
+    }
+
+    fn flush_out(&mut self) -> Result<(), TcpError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::take(&mut self.out);
+        self.get_ref().write(data)
+    }
+}
+
+impl Read for TcpSocketBuf {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for TcpSocketBuf {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.pos == self.chunk.len() && !self.eof {
+            if self.port.is_none() {
+                self.port = Some(self.get_ref().read_start()?);
+            }
+            let port = self.port.as_ref().expect("started above");
+            let next = match self.read_timeout {
+                Some(t) => port.recv_timeout(t),
+                None => port.recv(),
+            };
+            match next {
+                Ok(chunk) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Err(e) if e.is_eof() => self.eof = true,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(&self.chunk[self.pos..])
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.pos = (self.pos + amt).min(self.chunk.len());
+    }
+}
+
+impl Write for TcpSocketBuf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.extend_from_slice(buf);
+        if self.out.len() >= WRITE_BUFFER {
+            self.flush_out()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(self.flush_out()?)
+    }
+}
+
+impl Drop for TcpSocketBuf {
+    fn drop(&mut self) {
+        if let Some(socket) = &self.socket {
+            if !self.out.is_empty() {
+                // The socket flushes its queue before closing; nobody waits for the outcome.
+                drop(socket.write_future(std::mem::take(&mut self.out)));
+            }
+        }
+    }
+}
+
+impl fmt::Debug for TcpSocketBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpSocketBuf")
+            .field("socket", &self.socket)
+            .field("buffered_in", &(self.chunk.len() - self.pos))
+            .field("buffered_out", &self.out.len())
+            .finish()
+    }
+}
