@@ -119,10 +119,9 @@ impl EventLoop {
         } else {
             Some(Duration::ZERO)
         };
-        if let Err(e) = shared.poller.wait(events, timeout) {
+        if shared.poller.wait(events, timeout).is_err() {
             // `polling` retries EINTR itself; anything else is a broken poller. Sleep briefly
             // so that a persistent failure cannot turn into a busy loop.
-            debug_assert!(false, "poller wait failed: {e}");
             std::thread::sleep(Duration::from_millis(1));
         }
         shared.sleeping.store(false, Ordering::SeqCst);
@@ -346,7 +345,6 @@ impl EventLoop {
     /// Hands one read result to the socket's sink, taking it back into the stash when the
     /// reader is gone, and parking the socket when the reader's window is full.
     fn deliver(&mut self, key: Key, chunk: Chunk) {
-        let shared = self.shared.clone();
         // Borrow only the slab, so that the outbox fields stay usable below.
         let Some(Entry::Socket(s)) = self.entries.get_mut(key.index).filter(|e| e.id() == key.id)
         else {
@@ -363,7 +361,7 @@ impl EventLoop {
                     Ok(()) => {
                         if full {
                             s.paused = true;
-                            window.park(shared, key);
+                            window.park(self.shared.clone(), key);
                         }
                         s.sink = Sink::Port { tx, window };
                     }
@@ -384,7 +382,7 @@ impl EventLoop {
                 if !end {
                     if full {
                         s.paused = true;
-                        window.park(shared, key);
+                        window.park(self.shared.clone(), key);
                     }
                     s.sink = Sink::Mailbox { inbox, window };
                 }
@@ -464,11 +462,11 @@ impl EventLoop {
 
     fn read(&mut self, key: Key) {
         for _ in 0..READS_PER_CYCLE {
-            let Some(Entry::Socket(s)) = self.get(key) else {
+            let entry = self.entries.get_mut(key.index).filter(|e| e.id() == key.id);
+            let Some(Entry::Socket(s)) = entry else {
                 return;
             };
-            let socket = s.reg.socket().clone();
-            let result = (&*socket).read(&mut self.buf);
+            let result = (&**s.reg.socket()).read(&mut self.buf);
             match result {
                 Ok(0) => {
                     self.end_reading(key, TcpError::eof());
