@@ -65,7 +65,6 @@ pub(crate) struct Config {
     pub(crate) read_window: usize,
     pub(crate) spin: Duration,
     pub(crate) drain_timeout: Duration,
-    pub(crate) accepts_per_cycle: usize,
 }
 
 /// The part of an I/O task every socket, port and future holds: the way to send it commands.
@@ -112,7 +111,6 @@ impl IoTask {
                 read_window: 1024 * 1024,
                 spin: Duration::ZERO,
                 drain_timeout: Duration::from_secs(60),
-                accepts_per_cycle: 64,
             },
             name: "iotask".to_owned(),
         }
@@ -186,13 +184,6 @@ impl Builder {
     /// anyway (default 60 s), so that a peer that never reads cannot pin a descriptor.
     pub fn drain_timeout(mut self, timeout: Duration) -> Builder {
         self.config.drain_timeout = timeout;
-        self
-    }
-
-    /// How many connections a listener accepts per loop cycle before other sockets get a
-    /// turn (default 64).
-    pub fn accepts_per_cycle(mut self, n: usize) -> Builder {
-        self.config.accepts_per_cycle = n.max(1);
         self
     }
 

@@ -71,10 +71,12 @@
 mod io_task;
 mod mailbox;
 mod oneshot;
+mod pool;
 pub mod tcp;
 
 pub use io_task::{Builder, IoTask, global};
 pub use mailbox::{Event, Mailbox, MailboxSender, SocketId};
+pub use pool::IoPool;
 
 #[allow(dead_code)]
 fn _assert_auto_traits() {
@@ -83,7 +85,8 @@ fn _assert_auto_traits() {
     send_sync::<IoTask>();
     send_sync::<tcp::TcpSocket>();
     send::<tcp::NewConnection>();
-    send::<tcp::KillChan>();
+    send_sync::<tcp::KillChan>();
+    send_sync::<IoPool>();
     send::<tcp::ReadPort>();
     send::<tcp::WriteFuture>();
     send::<tcp::ReadFuture>();

@@ -10,7 +10,9 @@ mod buf;
 mod error;
 mod future;
 mod listen;
+mod options;
 mod port;
+pub(crate) mod server;
 mod socket;
 
 use std::net::ToSocketAddrs;
@@ -20,7 +22,8 @@ use std::time::Duration;
 pub use buf::TcpSocketBuf;
 pub use error::{ConnectError, ListenError, TcpError};
 pub use future::{ReadFuture, WriteFuture};
-pub use listen::{KillChan, listen};
+pub use listen::{CloseMode, KillChan, listen, listen_on_pool, listen_with};
+pub use options::{HandlerErrorFn, ListenOptions, OnHandlerError, ToListenAddrs};
 pub use port::ReadPort;
 pub use socket::{NewConnection, TcpSocket};
 

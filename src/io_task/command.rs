@@ -11,6 +11,7 @@ use socket2::Socket;
 
 use crate::io_task::entry::{Chunk, Key, Sink, Window};
 use crate::oneshot;
+use crate::tcp::server::ListenerState;
 use crate::tcp::{ListenEvent, TcpError};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, TcpError>>;
@@ -21,13 +22,20 @@ pub(crate) enum Command {
     AddListener {
         socket: Socket,
         events: flume::Sender<ListenEvent>,
+        state: Arc<ListenerState>,
         reply: Reply<Key>,
     },
     /// Stop accepting and close the listening socket; the reply comes after the close.
+    /// With `close_connections`, also close every connection it accepted; with `drain`,
+    /// close those still open at that instant.
     CloseListener {
         key: Key,
+        close_connections: bool,
+        drain: Option<Instant>,
         reply: oneshot::Sender<()>,
     },
+    /// The listener's flags or room changed: decide again whether it accepts.
+    RecheckListener(Key),
     /// Serve a connected, non-blocking socket (from `connect`).
     AddSocket {
         socket: Arc<Socket>,

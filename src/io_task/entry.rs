@@ -10,6 +10,7 @@ use crate::io_task::Shared;
 use crate::io_task::command::Command;
 use crate::io_task::registration::Registration;
 use crate::oneshot;
+use crate::tcp::server::{ConnectionGuard, ListenerState};
 use crate::tcp::{ListenEvent, TcpError};
 
 /// A slab index plus the unique id of the socket or listener that held it when the key was
@@ -57,8 +58,24 @@ pub(crate) struct ListenerEntry {
     pub(crate) reg: Registration,
     /// Where accepted connections go: the thread blocked in `listen`.
     pub(crate) events: flume::Sender<ListenEvent>,
+    /// Limits, flags and counters shared with the `listen` thread and the `KillChan`.
+    pub(crate) state: Arc<ListenerState>,
     /// Set while accepting is suspended after `EMFILE`/`ENFILE`, until a timer retries.
     pub(crate) backing_off: bool,
+    /// Set while accepting is suspended because `max_connections` are open.
+    pub(crate) at_limit: bool,
+    /// Declared after `reg`, so it tells waiters only once the descriptor is closed.
+    pub(crate) _closed: ListenerClosed,
+}
+
+/// Tells the listener's waiters that this listening socket is closed, when dropped.
+#[derive(Debug)]
+pub(crate) struct ListenerClosed(pub(crate) Arc<ListenerState>);
+
+impl Drop for ListenerClosed {
+    fn drop(&mut self) {
+        self.0.socket_closed();
+    }
 }
 
 /// A connected socket and everything queued on it.
@@ -83,6 +100,8 @@ pub(crate) struct SocketEntry {
     pub(crate) closing: bool,
     /// Whether the socket is on the loop's list of sockets to flush this cycle.
     pub(crate) dirty: bool,
+    /// The listener that accepted the socket, which counts it while it is in the slab.
+    pub(crate) owner: Option<ConnectionGuard>,
 }
 
 /// A write in the queue, with the sender that resolves its future.

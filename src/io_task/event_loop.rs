@@ -18,10 +18,12 @@ use socket2::Socket;
 
 use crate::io_task::command::Command;
 use crate::io_task::entry::{
-    Chunk, Delivery, Entry, Inbox, Key, ListenerEntry, PendingWrite, Sink, SocketEntry, next_id,
+    Chunk, Delivery, Entry, Inbox, Key, ListenerClosed, ListenerEntry, PendingWrite, Sink,
+    SocketEntry, next_id,
 };
 use crate::io_task::registration::{Interest, Registration};
 use crate::io_task::{Config, Shared};
+use crate::tcp::server::{ConnectionGuard, ListenerState};
 use crate::tcp::{ListenEvent, NewConnection, TcpError};
 
 /// Reads of a full buffer per socket per cycle before other sockets get a turn.
@@ -55,6 +57,8 @@ enum Timer {
     ReadDeadline(usize, u64),
     DrainDeadline(usize, u64),
     AcceptRetry(usize, u64),
+    /// Close what is left of a draining listener's connections (by listener state id).
+    DrainListener(u64),
 }
 
 impl EventLoop {
@@ -151,18 +155,36 @@ impl EventLoop {
             Command::AddListener {
                 socket,
                 events,
+                state,
                 reply,
             } => {
-                let _ = reply.send(self.add_listener(socket, events));
+                let _ = reply.send(self.add_listener(socket, events, state));
             }
-            Command::CloseListener { key, reply } => {
-                if let Some(Entry::Listener(_)) = self.get(key) {
+            Command::CloseListener {
+                key,
+                close_connections,
+                drain,
+                reply,
+            } => {
+                if let Some(Entry::Listener(l)) = self.get(key) {
+                    let id = l.state.id;
                     self.entries.remove(key.index);
+                    if close_connections {
+                        self.close_connections_of(id);
+                    } else if let Some(at) = drain {
+                        self.timers.push(Reverse((at, Timer::DrainListener(id))));
+                    }
                 }
                 let _ = reply.send(());
             }
+            Command::RecheckListener(key) => {
+                if let Some(Entry::Listener(l)) = self.get(key) {
+                    l.at_limit = false;
+                }
+                self.update_listener_interest(key);
+            }
             Command::AddSocket { socket, reply } => {
-                let key = self.insert_socket(socket);
+                let key = self.insert_socket(socket, None);
                 let _ = reply.send(Ok(key));
             }
             Command::ReadStart { key, sink, reply } => {
@@ -251,6 +273,7 @@ impl EventLoop {
         &mut self,
         socket: Socket,
         events: flume::Sender<ListenEvent>,
+        state: Arc<ListenerState>,
     ) -> Result<Key, TcpError> {
         let id = next_id();
         let vacant = self.entries.vacant_entry();
@@ -260,19 +283,50 @@ impl EventLoop {
         };
         let mut reg = Registration::new(Arc::new(socket), self.shared.poller.clone(), key.index);
         reg.set_interest(Interest {
-            read: true,
+            read: !state.paused.load(Ordering::SeqCst),
             write: false,
         })?;
         vacant.insert(Entry::Listener(ListenerEntry {
             id,
             reg,
             events,
+            _closed: ListenerClosed(state.clone()),
+            state,
             backing_off: false,
+            at_limit: false,
         }));
         Ok(key)
     }
 
-    fn insert_socket(&mut self, socket: Arc<Socket>) -> Key {
+    /// Accepts while not paused, not backing off after `EMFILE` and not at the limit.
+    fn update_listener_interest(&mut self, key: Key) {
+        if let Some(Entry::Listener(l)) = self.get(key) {
+            let read = !l.backing_off && !l.at_limit && !l.state.paused.load(Ordering::SeqCst);
+            if let Err(e) = l.reg.set_interest(Interest { read, write: false }) {
+                let _ = l.events.send(ListenEvent::Stopped(TcpError::from(e)));
+            }
+        }
+    }
+
+    /// Closes every connection accepted by the listener with state `id`; their readers
+    /// and writers get `CLOSED`.
+    fn close_connections_of(&mut self, id: u64) {
+        let keys: Vec<Key> = self
+            .entries
+            .iter()
+            .filter_map(|(index, e)| match e {
+                Entry::Socket(s) if s.owner.as_ref().is_some_and(|o| o.listener.id == id) => {
+                    Some(Key { index, id: s.id })
+                }
+                _ => None,
+            })
+            .collect();
+        for key in keys {
+            self.remove(key, TcpError::closed());
+        }
+    }
+
+    fn insert_socket(&mut self, socket: Arc<Socket>, owner: Option<ConnectionGuard>) -> Key {
         let id = next_id();
         let vacant = self.entries.vacant_entry();
         let key = Key {
@@ -291,6 +345,7 @@ impl EventLoop {
             write_error: None,
             closing: false,
             dirty: false,
+            owner,
         }));
         key
     }
@@ -679,20 +734,45 @@ impl EventLoop {
     }
 
     fn accept(&mut self, key: Key) {
-        for _ in 0..self.config.accepts_per_cycle {
+        let Some(Entry::Listener(l)) = self.get(key) else {
+            return;
+        };
+        let state = l.state.clone();
+        for _ in 0..state.max_accepts_per_batch {
+            if state.paused.load(Ordering::SeqCst) {
+                break;
+            }
+            if !state.has_room() {
+                // At the limit: stop asking (the kernel backlog holds the rest) until one of
+                // this listener's connections closes.
+                if let Some(Entry::Listener(l)) = self.get(key) {
+                    l.at_limit = true;
+                }
+                self.update_listener_interest(key);
+                state.mark_limited();
+                return;
+            }
             let Some(Entry::Listener(l)) = self.get(key) else {
                 return;
             };
             let result = accept_nonblocking(l.reg.socket());
             match result {
                 Ok(socket) => {
-                    // A failure here leaves Nagle on; the socket still works, so go on.
-                    let _ = socket.set_tcp_nodelay(true);
-                    let socket_key = self.insert_socket(Arc::new(socket));
-                    let Some(Entry::Socket(s)) = self.get(socket_key) else {
+                    if state.drop_incoming.load(Ordering::SeqCst) {
+                        // Accept and close at once: the client sees the connection end.
+                        drop(socket);
                         continue;
+                    }
+                    if state.nodelay {
+                        // A failure leaves Nagle on; the socket still works, so go on.
+                        let _ = socket.set_tcp_nodelay(true);
+                    }
+                    state.connection_opened();
+                    let guard = ConnectionGuard {
+                        listener: state.clone(),
                     };
-                    let socket = s.reg.socket().clone();
+                    let socket = Arc::new(socket);
+                    let socket_key = self.insert_socket(socket.clone(), Some(guard));
                     let conn = NewConnection::new(socket_key, self.shared.clone(), socket);
                     if let Some(Entry::Listener(l)) = self.get(key) {
                         // If `listen` already returned, dropping the connection closes it.
@@ -712,11 +792,10 @@ impl EventLoop {
                     ) =>
                 {
                     // Out of descriptors or memory: in level mode the pending connection would
-                    // be reported again at once, a busy loop. Stop asking until a timer fires.
+                    // be reported again at once, a busy loop. Stop asking until a timer fires;
+                    // existing connections are served meanwhile.
                     l.backing_off = true;
-                    if let Err(e) = l.reg.set_interest(Interest::default()) {
-                        let _ = l.events.send(ListenEvent::Stopped(TcpError::from(e)));
-                    }
+                    self.update_listener_interest(key);
                     self.timers.push(Reverse((
                         Instant::now() + ACCEPT_BACKOFF,
                         Timer::AcceptRetry(key.index, key.id),
@@ -755,15 +834,10 @@ impl EventLoop {
                     let key = Key { index, id };
                     if let Some(Entry::Listener(l)) = self.get(key) {
                         l.backing_off = false;
-                        let read = Interest {
-                            read: true,
-                            write: false,
-                        };
-                        if let Err(e) = l.reg.set_interest(read) {
-                            let _ = l.events.send(ListenEvent::Stopped(TcpError::from(e)));
-                        }
                     }
+                    self.update_listener_interest(key);
                 }
+                Timer::DrainListener(id) => self.close_connections_of(id),
             }
         }
     }

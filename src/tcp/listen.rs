@@ -1,17 +1,23 @@
-//! `listen` and its kill channel.
+//! `listen` and its variants, and the running listener's handle.
 
+use std::any::Any;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 
 use crate::IoTask;
-use crate::io_task::Shared;
 use crate::io_task::command::Command;
-use crate::io_task::entry::Key;
+use crate::io_task::entry::next_id;
 use crate::oneshot;
-use crate::tcp::{ListenError, NewConnection, TcpError};
+use crate::pool::IoPool;
+use crate::tcp::server::ListenerState;
+use crate::tcp::{
+    ListenError, ListenOptions, NewConnection, OnHandlerError, TcpError, ToListenAddrs,
+};
 
 /// What reaches the thread blocked in `listen`.
 #[derive(Debug)]
@@ -22,26 +28,44 @@ pub(crate) enum ListenEvent {
     Stopped(TcpError),
 }
 
+/// How [`KillChan::close`] treats the connections the listener accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseMode {
+    /// Stop accepting; existing connections go on untouched.
+    LeaveConnections,
+    /// Stop accepting and close every existing connection: their ports yield `"CLOSED"`,
+    /// their pending writes fail with it.
+    CloseConnections,
+    /// Stop accepting, let existing connections finish for up to this long, then close the
+    /// ones still open as `CloseConnections` does.
+    Drain(Duration),
+}
+
 /// The running listener's handle, given to `on_establish` and to every `new_connect` call.
 ///
-/// Clone it and send it wherever the server should be stopped from.
+/// Clone it and send it wherever the server is controlled from.
 /// `send(None)` makes [`listen`] return `Ok(())`; `send(Some(error))` makes it return
 /// `Err(ListenError::Generic)` with that error's name and message. Either way the listening
-/// socket is closed and its port released before `listen` returns. Connections accepted by
-/// the kernel but not yet handed to `new_connect` are closed.
+/// socket is closed and its port released before `listen` returns, and connections accepted
+/// by the kernel but not yet handed to `new_connect` are closed; `new_connect` is never
+/// called after `send` or [`close`](KillChan::close) returned. [`close`](KillChan::close)
+/// also chooses the fate of existing connections.
 #[derive(Clone)]
 pub struct KillChan {
     tx: flume::Sender<ListenEvent>,
+    state: Arc<ListenerState>,
     local_addr: SocketAddr,
 }
 
 impl KillChan {
-    /// Stops the listener; see the type's documentation.
+    /// Stops the listener; see the type's documentation. Existing connections are left
+    /// alone.
     ///
     /// # Errors
     ///
-    /// Gives the reason back when the listener already stopped.
+    /// Gives the reason back when `listen` already returned.
     pub fn send(&self, reason: Option<TcpError>) -> Result<(), Option<TcpError>> {
+        self.state.set_closed();
         self.tx
             .send(ListenEvent::Kill(reason))
             .map_err(|flume::SendError(event)| match event {
@@ -50,9 +74,106 @@ impl KillChan {
             })
     }
 
+    /// Stops accepting at once and makes `listen` return `Ok(())`, treating existing
+    /// connections as `mode` says. Calling it again has no further effect.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use iotask::tcp::{self, CloseMode};
+    ///
+    /// let iotask = iotask::IoTask::spawn()?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let server = std::thread::spawn({
+    ///     let iotask = iotask.clone();
+    ///     move || tcp::listen("127.0.0.1:0", 128, &iotask, |kill| tx.send(kill).unwrap(), |_, _| {})
+    /// });
+    /// let kill = rx.recv_timeout(Duration::from_secs(5))?;
+    /// kill.close(CloseMode::Drain(Duration::from_secs(1)));
+    /// assert!(kill.is_closed());
+    /// assert!(kill.wait_closed(Duration::from_secs(5)));
+    /// assert_eq!(server.join().unwrap(), Ok(()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn close(&self, mode: CloseMode) {
+        if !self.state.set_closed() {
+            return;
+        }
+        let (close_connections, drain) = match mode {
+            CloseMode::LeaveConnections => (false, None),
+            CloseMode::CloseConnections => (true, None),
+            CloseMode::Drain(timeout) => (false, Instant::now().checked_add(timeout)),
+        };
+        for (task, key) in self.state.sockets() {
+            let (reply, _ignored) = oneshot::channel();
+            let _ = task.send(Command::CloseListener {
+                key,
+                close_connections,
+                drain,
+                reply,
+            });
+        }
+        let _ = self.tx.send(ListenEvent::Kill(None));
+    }
+
     /// The address the listener is bound to, with a requested port 0 resolved.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Connections accepted from this listener and still open (including those handed to
+    /// `new_connect` but not yet accepted, and those being drained after a close).
+    pub fn num_connections(&self) -> usize {
+        self.state.num_connections()
+    }
+
+    /// While set, every incoming connection is accepted and closed at once (the client sees
+    /// it end), instead of waiting in the backlog; `new_connect` is not called for them.
+    pub fn set_drop_incoming_connections(&self, drop: bool) {
+        self.state
+            .drop_incoming
+            .store(drop, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Stops accepting without closing anything: new clients wait in the kernel's backlog
+    /// (and beyond it, retry their SYNs) until [`resume`](KillChan::resume).
+    pub fn pause(&self) {
+        self.state
+            .paused
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.state.recheck_all();
+    }
+
+    /// Accepts again after [`pause`](KillChan::pause).
+    pub fn resume(&self) {
+        self.state
+            .paused
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.state.recheck_all();
+    }
+
+    /// Whether [`pause`](KillChan::pause) is in effect.
+    pub fn is_paused(&self) -> bool {
+        self.state.paused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether the listener was closed or killed (it may still be closing).
+    pub fn is_closed(&self) -> bool {
+        self.state.is_closed()
+    }
+
+    /// Waits until the listening socket is closed (Async's `close_finished`); returns
+    /// whether that happened within `timeout`.
+    pub fn wait_closed(&self, timeout: Duration) -> bool {
+        self.state.wait_closed(false, timeout)
+    }
+
+    /// Waits until the listening socket and every connection it accepted are closed
+    /// (Async's `close_finished_and_handlers_determined`); returns whether that happened
+    /// within `timeout`.
+    pub fn wait_connections_closed(&self, timeout: Duration) -> bool {
+        self.state.wait_closed(true, timeout)
     }
 }
 
@@ -60,6 +181,8 @@ impl fmt::Debug for KillChan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KillChan")
             .field("local_addr", &self.local_addr)
+            .field("num_connections", &self.num_connections())
+            .field("closed", &self.is_closed())
             .finish()
     }
 }
@@ -70,6 +193,9 @@ impl fmt::Debug for KillChan {
 /// `SO_REUSEADDR` is set before `bind`, so a port in `TIME_WAIT` can be reused at once;
 /// a port another socket listens on still fails with `AddressInUse`. When `addr` resolves to
 /// several addresses, each is tried in turn and the first that binds is used.
+/// [`listen_with`] takes [`ListenOptions`] for everything else (connection limits, accept
+/// batches, `SO_REUSEPORT`, handler-error policy), and [`listen_on_pool`] spreads the
+/// connections over several I/O tasks.
 ///
 /// Once bound, `on_establish(kill)` runs once. Then, for each incoming connection,
 /// `new_connect(new_conn, &kill)` runs on this thread. The I/O task accepts connections
@@ -82,12 +208,13 @@ impl fmt::Debug for KillChan {
 /// - `AddressInUse` (`EADDRINUSE`), `AccessDenied` (`EACCES`, a privileged port), or
 ///   `Generic` for any other bind or listen failure; `on_establish` is not called.
 /// - `Generic` with the name and message of the error sent with `kill.send(Some(e))`.
+/// - `Generic` named `"PANIC"`, with the panic's message, when a callback panicked (see
+///   [`OnHandlerError`] for other choices).
 /// - `Generic` named `"SHUTDOWN"` when the I/O task stops.
 ///
 /// # Panics
 ///
-/// Never by itself. A panic in a callback unwinds out of `listen` after the listener was
-/// closed.
+/// Never: panics in the callbacks are caught and reported as errors.
 ///
 /// # Examples
 ///
@@ -123,62 +250,216 @@ pub fn listen<A, E, C>(
     backlog: u32,
     iotask: &IoTask,
     on_establish: E,
-    mut new_connect: C,
+    new_connect: C,
 ) -> Result<(), ListenError>
 where
     A: ToSocketAddrs,
     E: FnOnce(KillChan),
     C: FnMut(NewConnection, &KillChan),
 {
-    let socket = bind_any(addr, backlog)?;
-    let local_addr = super::socket::as_inet(socket.local_addr()?)?;
-    let (tx, rx) = flume::unbounded();
-    let task = iotask.shared().clone();
-    let (reply, wait) = oneshot::channel();
-    task.send(Command::AddListener {
-        socket,
-        events: tx.clone(),
-        reply,
-    })?;
-    let key = wait.recv().unwrap_or_else(|_| Err(TcpError::shutdown()))?;
-    let running = Running { task, key, rx };
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(super::resolve_error)?
+        .collect();
+    let options = ListenOptions::new().backlog(backlog);
+    serve(
+        &addrs,
+        &options,
+        std::slice::from_ref(iotask),
+        on_establish,
+        new_connect,
+    )
+}
 
-    let kill = KillChan { tx, local_addr };
-    on_establish(kill.clone());
+/// [`listen`] with [`ListenOptions`], and the address forms of [`ToListenAddrs`] (`"8080"`
+/// or `"*:8080"` for every interface).
+///
+/// # Errors
+///
+/// As [`listen`].
+///
+/// # Examples
+///
+/// ```
+/// use iotask::tcp::{self, ListenOptions};
+///
+/// let iotask = iotask::IoTask::spawn()?;
+/// let options = ListenOptions::new().max_connections(2);
+/// let server = std::thread::spawn({
+///     let iotask = iotask.clone();
+///     move || tcp::listen_with("127.0.0.1:0", &options, &iotask, |kill| kill.send(None).unwrap(), |_, _| {})
+/// });
+/// assert_eq!(server.join().unwrap(), Ok(()));
+/// # std::io::Result::Ok(())
+/// ```
+pub fn listen_with<A, E, C>(
+    addr: A,
+    options: &ListenOptions,
+    iotask: &IoTask,
+    on_establish: E,
+    new_connect: C,
+) -> Result<(), ListenError>
+where
+    A: ToListenAddrs,
+    E: FnOnce(KillChan),
+    C: FnMut(NewConnection, &KillChan),
+{
+    let addrs = addr.to_listen_addrs().map_err(super::resolve_error)?;
+    serve(
+        &addrs,
+        options,
+        std::slice::from_ref(iotask),
+        on_establish,
+        new_connect,
+    )
+}
+
+/// [`listen_with`] on every I/O task of a pool: each task gets its own listening socket on
+/// the same address (`SO_REUSEPORT`), the kernel spreads incoming connections over them, and
+/// each connection lives on the task that accepted it. The callbacks still run on the
+/// calling thread; `max_connections` counts the connections of all tasks together.
+///
+/// # Errors
+///
+/// As [`listen`].
+pub fn listen_on_pool<A, E, C>(
+    addr: A,
+    options: &ListenOptions,
+    pool: &IoPool,
+    on_establish: E,
+    new_connect: C,
+) -> Result<(), ListenError>
+where
+    A: ToListenAddrs,
+    E: FnOnce(KillChan),
+    C: FnMut(NewConnection, &KillChan),
+{
+    let addrs = addr.to_listen_addrs().map_err(super::resolve_error)?;
+    serve(&addrs, options, pool.tasks(), on_establish, new_connect)
+}
+
+fn serve<E, C>(
+    addrs: &[SocketAddr],
+    options: &ListenOptions,
+    tasks: &[IoTask],
+    on_establish: E,
+    mut new_connect: C,
+) -> Result<(), ListenError>
+where
+    E: FnOnce(KillChan),
+    C: FnMut(NewConnection, &KillChan),
+{
+    let sockets = bind_all(addrs, options, tasks.len())?;
+    let local_addr = super::socket::as_inet(sockets[0].local_addr()?)?;
+    let state = Arc::new(ListenerState::new(
+        next_id(),
+        options.max_connections,
+        options.max_accepts_per_batch,
+        options.nodelay,
+    ));
+    let (tx, rx) = flume::unbounded();
+    // From here on, dropping `running` closes whatever was registered.
+    let running = Running {
+        state: state.clone(),
+        rx,
+    };
+    for (task, socket) in tasks.iter().zip(sockets) {
+        let (reply, wait) = oneshot::channel();
+        task.shared().send(Command::AddListener {
+            socket,
+            events: tx.clone(),
+            state: state.clone(),
+            reply,
+        })?;
+        let key = wait.recv().unwrap_or_else(|_| Err(TcpError::shutdown()))?;
+        state.add_socket(task.shared().clone(), key);
+    }
+
+    let kill = KillChan {
+        tx,
+        state,
+        local_addr,
+    };
+    let establish = kill.clone();
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || on_establish(establish))) {
+        return Err(panic_error(&*payload));
+    }
     loop {
         // `kill` holds a sender, so the channel cannot disconnect while this loop runs.
         let Ok(event) = running.rx.recv() else {
             return Err(TcpError::shutdown().into());
         };
-        match event {
-            ListenEvent::Connection(conn) => new_connect(conn, &kill),
+        let conn = match event {
+            ListenEvent::Connection(conn) => conn,
             ListenEvent::Kill(None) => return Ok(()),
             ListenEvent::Kill(Some(e)) | ListenEvent::Stopped(e) => return Err(e.into()),
+        };
+        if kill.is_closed() {
+            // Accepted before the close took effect: never handed out, closed here.
+            continue;
+        }
+        let peer = conn.peer_addr().ok();
+        let Err(payload) = catch_unwind(AssertUnwindSafe(|| new_connect(conn, &kill))) else {
+            continue;
+        };
+        let message = panic_message(&*payload);
+        match &options.on_handler_error {
+            OnHandlerError::Raise => return Err(panic_error(&*payload)),
+            OnHandlerError::Ignore => {
+                eprintln!("iotask: new_connect panicked (ignored): {message}");
+            }
+            OnHandlerError::Call(f) => {
+                if catch_unwind(AssertUnwindSafe(|| f(peer, &message))).is_err() {
+                    return Err(panic_error(&*payload));
+                }
+            }
         }
     }
 }
 
-/// Closes the listening socket when `listen` returns or unwinds, then closes the
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a callback panicked".to_owned()
+    }
+}
+
+fn panic_error(payload: &(dyn Any + Send)) -> ListenError {
+    ListenError::Generic {
+        name: "PANIC".to_owned(),
+        message: panic_message(payload),
+    }
+}
+
+/// Closes the listening sockets when `listen` returns or unwinds, then closes the
 /// connections accepted but never handed to `new_connect`.
 struct Running {
-    task: Arc<Shared>,
-    key: Key,
+    state: Arc<ListenerState>,
     rx: flume::Receiver<ListenEvent>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let (reply, wait) = oneshot::channel();
-        if self
-            .task
-            .send(Command::CloseListener {
-                key: self.key,
+        self.state.set_closed();
+        let mut waits = Vec::new();
+        for (task, key) in self.state.sockets() {
+            let (reply, wait) = oneshot::channel();
+            let command = Command::CloseListener {
+                key,
+                close_connections: false,
+                drain: None,
                 reply,
-            })
-            .is_ok()
-        {
-            // Returns once the descriptor is closed, so the port is free when `listen`
-            // returns; a stopped task resolves it at once.
+            };
+            if task.send(command).is_ok() {
+                waits.push(wait);
+            }
+        }
+        // Returns once the descriptors are closed, so the port is free when `listen`
+        // returns; a stopped task resolves its reply at once.
+        for wait in waits {
             let _ = wait.recv();
         }
         // Kill channels may outlive `listen` and keep the channel's queue alive: empty it,
@@ -189,13 +470,28 @@ impl Drop for Running {
     }
 }
 
-/// Creates a non-blocking listening socket on the first address that binds.
-pub(crate) fn bind_any<A: ToSocketAddrs>(addr: A, backlog: u32) -> Result<Socket, ListenError> {
-    let addrs = addr.to_socket_addrs().map_err(super::resolve_error)?;
+/// Creates `count` non-blocking listening sockets on the first address that binds (several
+/// only with `SO_REUSEPORT`, all on the port the first one got).
+fn bind_all(
+    addrs: &[SocketAddr],
+    options: &ListenOptions,
+    count: usize,
+) -> Result<Vec<Socket>, ListenError> {
+    let mut options = options.clone();
+    if count > 1 {
+        options.reuse_port = true;
+    }
     let mut last = None;
-    for addr in addrs {
-        match bind(addr, backlog) {
-            Ok(socket) => return Ok(socket),
+    for &addr in addrs {
+        match bind(addr, &options) {
+            Ok(first) => {
+                let bound = super::socket::as_inet(first.local_addr()?)?;
+                let mut sockets = vec![first];
+                for _ in 1..count {
+                    sockets.push(bind(bound, &options)?);
+                }
+                return Ok(sockets);
+            }
             Err(e) => last = Some(e),
         }
     }
@@ -205,13 +501,19 @@ pub(crate) fn bind_any<A: ToSocketAddrs>(addr: A, backlog: u32) -> Result<Socket
     })
 }
 
-fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<Socket> {
+fn bind(addr: SocketAddr, options: &ListenOptions) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
     // flare's rule: reuse before bind, so a restarted server is not locked out of its port
     // by connections in TIME_WAIT.
-    socket.set_reuse_address(true)?;
+    socket.set_reuse_address(options.reuse_address)?;
+    if options.reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if let (true, Some(only_v6)) = (addr.is_ipv6(), options.only_v6) {
+        socket.set_only_v6(only_v6)?;
+    }
     socket.bind(&addr.into())?;
-    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    socket.listen(i32::try_from(options.backlog).unwrap_or(i32::MAX))?;
     socket.set_nonblocking(true)?;
     Ok(socket)
 }

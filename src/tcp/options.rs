@@ -1,0 +1,273 @@
+//! `ListenOptions`: how a server binds, accepts and treats its handler's failures.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs};
+use std::sync::Arc;
+
+/// Settings of a listener, used by [`listen_with`](super::listen_with) and
+/// [`listen_on_pool`](super::listen_on_pool).
+///
+/// The defaults are those of plain [`listen`](super::listen) with a backlog of 128:
+/// `SO_REUSEADDR` on, `SO_REUSEPORT` off, the system's `IPV6_V6ONLY`, `TCP_NODELAY` on every
+/// accepted socket, no connection limit, 64 accepts per loop cycle, and a panicking
+/// `new_connect` stops the server ([`OnHandlerError::Raise`]).
+///
+/// # Examples
+///
+/// ```
+/// use iotask::tcp::{ListenOptions, OnHandlerError};
+///
+/// let options = ListenOptions::new()
+///     .backlog(1024)
+///     .max_connections(10_000)
+///     .max_accepts_per_batch(16)
+///     .on_handler_error(OnHandlerError::Ignore);
+/// assert_eq!(options.get_backlog(), 1024);
+/// ```
+#[derive(Clone, Debug)]
+pub struct ListenOptions {
+    pub(crate) backlog: u32,
+    pub(crate) reuse_address: bool,
+    pub(crate) reuse_port: bool,
+    pub(crate) only_v6: Option<bool>,
+    pub(crate) nodelay: bool,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) max_accepts_per_batch: usize,
+    pub(crate) on_handler_error: OnHandlerError,
+}
+
+/// A function told about a panic in `new_connect`: the client's address (when still known)
+/// and the panic's message.
+pub type HandlerErrorFn = Arc<dyn Fn(Option<SocketAddr>, &str) + Send + Sync>;
+
+/// What happens when `new_connect` panics (OCaml Async's `on_handler_error`).
+///
+/// The I/O task is never affected: `new_connect` runs on the thread that called `listen`.
+#[derive(Clone, Default)]
+pub enum OnHandlerError {
+    /// Stop the listener: `listen` returns `ListenError::Generic` named `"PANIC"`, whose
+    /// message is the panic's message. The default.
+    #[default]
+    Raise,
+    /// Report the panic on standard error and go on accepting.
+    Ignore,
+    /// Call the function with the client's address (when it was still known) and the panic's
+    /// message, then go on accepting. If the function itself panics, the listener stops as
+    /// with `Raise`.
+    Call(HandlerErrorFn),
+}
+
+impl fmt::Debug for OnHandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnHandlerError::Raise => "Raise",
+            OnHandlerError::Ignore => "Ignore",
+            OnHandlerError::Call(_) => "Call(..)",
+        })
+    }
+}
+
+impl Default for ListenOptions {
+    fn default() -> ListenOptions {
+        ListenOptions::new()
+    }
+}
+
+impl ListenOptions {
+    /// The defaults (see the type's documentation).
+    pub fn new() -> ListenOptions {
+        ListenOptions {
+            backlog: 128,
+            reuse_address: true,
+            reuse_port: false,
+            only_v6: None,
+            nodelay: true,
+            max_connections: None,
+            max_accepts_per_batch: 64,
+            on_handler_error: OnHandlerError::Raise,
+        }
+    }
+
+    /// The length of the kernel's queue of completed connections not yet accepted
+    /// (`listen(2)`'s backlog; Linux caps it at `net.core.somaxconn`). Default 128.
+    pub fn backlog(mut self, backlog: u32) -> ListenOptions {
+        self.backlog = backlog;
+        self
+    }
+
+    /// Sets `SO_REUSEADDR` before binding (default true), so that a restarted server can
+    /// bind its port while old connections linger in `TIME_WAIT`.
+    pub fn reuse_address(mut self, on: bool) -> ListenOptions {
+        self.reuse_address = on;
+        self
+    }
+
+    /// Sets `SO_REUSEPORT` before binding (default false): several sockets, in this process
+    /// or others of the same user, may listen on the port, and the kernel spreads incoming
+    /// connections between them.
+    pub fn reuse_port(mut self, on: bool) -> ListenOptions {
+        self.reuse_port = on;
+        self
+    }
+
+    /// Sets `IPV6_V6ONLY` on an IPv6 listener: `true` accepts IPv6 only, `false` also
+    /// IPv4-mapped connections. Unset, the system default applies (on Linux,
+    /// `net.ipv6.bindv6only`, normally false). Ignored for IPv4 addresses.
+    pub fn only_v6(mut self, on: bool) -> ListenOptions {
+        self.only_v6 = Some(on);
+        self
+    }
+
+    /// Sets `TCP_NODELAY` on every accepted socket (default true).
+    pub fn nodelay(mut self, on: bool) -> ListenOptions {
+        self.nodelay = on;
+        self
+    }
+
+    /// A hard limit on the connections accepted from this listener and still open.
+    ///
+    /// At the limit the I/O task stops calling `accept(2)` on the listener (its read
+    /// interest is removed) and resumes as soon as one of its connections closes. While
+    /// stopped, the kernel still completes handshakes up to the backlog: such clients see an
+    /// established connection that is served only once room frees up, and clients beyond the
+    /// backlog see their SYNs go unanswered (and retry). To refuse clients outright instead,
+    /// use [`KillChan::set_drop_incoming_connections`](super::KillChan::set_drop_incoming_connections).
+    pub fn max_connections(mut self, max: usize) -> ListenOptions {
+        self.max_connections = Some(max);
+        self
+    }
+
+    /// How many connections one wake-up accepts before other sockets get a turn
+    /// (default 64, at least 1).
+    pub fn max_accepts_per_batch(mut self, n: usize) -> ListenOptions {
+        self.max_accepts_per_batch = n.max(1);
+        self
+    }
+
+    /// What a panic in `new_connect` does (default [`OnHandlerError::Raise`]).
+    pub fn on_handler_error(mut self, policy: OnHandlerError) -> ListenOptions {
+        self.on_handler_error = policy;
+        self
+    }
+
+    /// The configured backlog.
+    pub fn get_backlog(&self) -> u32 {
+        self.backlog
+    }
+}
+
+/// Addresses a listener can be given: anything [`ToSocketAddrs`] takes, plus the forms
+/// servers are usually configured with.
+///
+/// | form | meaning |
+/// |---|---|
+/// | `"127.0.0.1:8080"`, `"[::1]:8080"`, `"localhost:8080"` | `INTF:PORT`, resolved like `ToSocketAddrs` |
+/// | `"*:8080"`, `":8080"`, `"8080"`, `8080u16` | every interface: `[::]:8080` accepting IPv4 too, or `0.0.0.0:8080` where IPv6 is unavailable |
+/// | `SocketAddr`, `(IpAddr, u16)`, `("host", u16)`, `&[SocketAddr]` | as `ToSocketAddrs` |
+pub trait ToListenAddrs {
+    /// The addresses to try, in order.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for a malformed string; a resolver error for an unknown host.
+    fn to_listen_addrs(&self) -> io::Result<Vec<SocketAddr>>;
+}
+
+/// The every-interface addresses for a port: dual-stack IPv6 first, then IPv4.
+fn any_interface(port: u16) -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+    ]
+}
+
+impl ToListenAddrs for str {
+    fn to_listen_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        let s = self.trim();
+        let bare = s
+            .strip_prefix("*:")
+            .or_else(|| s.strip_prefix(':'))
+            .unwrap_or(s);
+        if let Ok(port) = bare.parse::<u16>() {
+            return Ok(any_interface(port));
+        }
+        if bare != s {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid port in {s:?}"),
+            ));
+        }
+        Ok(s.to_socket_addrs()?.collect())
+    }
+}
+
+impl ToListenAddrs for String {
+    fn to_listen_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        self.as_str().to_listen_addrs()
+    }
+}
+
+impl ToListenAddrs for u16 {
+    fn to_listen_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        Ok(any_interface(*self))
+    }
+}
+
+impl<T: ToListenAddrs + ?Sized> ToListenAddrs for &T {
+    fn to_listen_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        (**self).to_listen_addrs()
+    }
+}
+
+macro_rules! via_to_socket_addrs {
+    ($($t:ty),*) => {$(
+        impl ToListenAddrs for $t {
+            fn to_listen_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+                Ok(self.to_socket_addrs()?.collect())
+            }
+        }
+    )*};
+}
+
+via_to_socket_addrs!(
+    SocketAddr,
+    SocketAddrV4,
+    SocketAddrV6,
+    (IpAddr, u16),
+    (Ipv4Addr, u16),
+    (Ipv6Addr, u16),
+    (&str, u16),
+    (String, u16),
+    [SocketAddr]
+);
+
+impl ToListenAddrs for Vec<SocketAddr> {
+    fn to_listen_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        Ok(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_forms() {
+        let any = any_interface(8080);
+        assert_eq!("8080".to_listen_addrs().unwrap(), any);
+        assert_eq!("*:8080".to_listen_addrs().unwrap(), any);
+        assert_eq!(":8080".to_listen_addrs().unwrap(), any);
+        assert_eq!(8080u16.to_listen_addrs().unwrap(), any);
+        assert_eq!(
+            "127.0.0.1:9".to_listen_addrs().unwrap(),
+            vec!["127.0.0.1:9".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            "[::1]:9".to_listen_addrs().unwrap(),
+            vec!["[::1]:9".parse::<SocketAddr>().unwrap()]
+        );
+        assert!("*:http".to_listen_addrs().is_err());
+        assert!("not an address".to_listen_addrs().is_err());
+    }
+}
