@@ -17,6 +17,7 @@ mod socket;
 
 use std::net::ToSocketAddrs;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 pub use buf::TcpSocketBuf;
@@ -104,13 +105,15 @@ fn connect_with<A: ToSocketAddrs>(
                 stream.set_nodelay(true)?;
                 stream.set_nonblocking(true)?;
                 let socket = Arc::new(socket2::Socket::from(stream));
+                let queued = Arc::new(AtomicUsize::new(0));
                 let (reply, rx) = oneshot::channel();
                 task.send(Command::AddSocket {
                     socket: socket.clone(),
+                    queued: queued.clone(),
                     reply,
                 })?;
                 let key = rx.recv().unwrap_or_else(|_| Err(TcpError::shutdown()))?;
-                return Ok(TcpSocket::new(key, task.clone(), socket));
+                return Ok(TcpSocket::new(key, task.clone(), socket, queued));
             }
             Err(e) => last = Some(e),
         }

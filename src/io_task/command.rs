@@ -5,6 +5,7 @@
 //! stopped) drops its reply, which the waiting user reads as `SHUTDOWN`.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
 use socket2::Socket;
@@ -39,8 +40,11 @@ pub(crate) enum Command {
     /// Serve a connected, non-blocking socket (from `connect`).
     AddSocket {
         socket: Arc<Socket>,
+        queued: Arc<AtomicUsize>,
         reply: Reply<Key>,
     },
+    /// Change how many queued write bytes stop the socket being read.
+    SetWriteWindow { key: Key, window: Option<usize> },
     /// Deliver reads to `sink` (a port or a mailbox) from now on.
     ReadStart {
         key: Key,

@@ -28,6 +28,10 @@ pub(crate) fn next_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Set in a socket's queued-bytes gauge once its entry left the slab: the count is then
+/// meaningless and reported as zero.
+pub(crate) const QUEUED_CLOSED: usize = 1 << (usize::BITS - 1);
+
 /// One read result on its way to a user: bytes, or the error that ended reading.
 pub(crate) type Chunk = Result<Vec<u8>, TcpError>;
 
@@ -102,6 +106,15 @@ pub(crate) struct SocketEntry {
     pub(crate) dirty: bool,
     /// The listener that accepted the socket, which counts it while it is in the slab.
     pub(crate) owner: Option<ConnectionGuard>,
+    /// Bytes accepted by `write_future` and not yet in the kernel, shared with the
+    /// `TcpSocket` (which adds, while the loop subtracts).
+    pub(crate) queued: Arc<AtomicUsize>,
+    /// The loop's own count of the bytes in `writes`.
+    pub(crate) queued_here: usize,
+    /// Above this many queued bytes the socket is not read (see `write_blocked`).
+    pub(crate) write_window: Option<usize>,
+    /// Set while more than `write_window` bytes are queued, until half of them drained.
+    pub(crate) write_blocked: bool,
 }
 
 /// A write in the queue, with the sender that resolves its future.

@@ -9,7 +9,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{self, IoSlice, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use polling::Events;
@@ -18,8 +18,8 @@ use socket2::Socket;
 
 use crate::io_task::command::Command;
 use crate::io_task::entry::{
-    Chunk, Delivery, Entry, Inbox, Key, ListenerClosed, ListenerEntry, PendingWrite, Sink,
-    SocketEntry, next_id,
+    Chunk, Delivery, Entry, Inbox, Key, ListenerClosed, ListenerEntry, PendingWrite, QUEUED_CLOSED,
+    Sink, SocketEntry, next_id,
 };
 use crate::io_task::registration::{Interest, Registration};
 use crate::io_task::{Config, Shared};
@@ -183,9 +183,20 @@ impl EventLoop {
                 }
                 self.update_listener_interest(key);
             }
-            Command::AddSocket { socket, reply } => {
-                let key = self.insert_socket(socket, None);
+            Command::AddSocket {
+                socket,
+                queued,
+                reply,
+            } => {
+                let key = self.insert_socket(socket, None, queued, None);
                 let _ = reply.send(Ok(key));
+            }
+            Command::SetWriteWindow { key, window } => {
+                if let Some(s) = self.socket(key) {
+                    s.write_window = window;
+                    s.write_blocked = window.is_some_and(|w| s.queued_here > w);
+                    self.update_interest(key);
+                }
             }
             Command::ReadStart { key, sink, reply } => {
                 let result = self.read_start(key, sink);
@@ -326,7 +337,13 @@ impl EventLoop {
         }
     }
 
-    fn insert_socket(&mut self, socket: Arc<Socket>, owner: Option<ConnectionGuard>) -> Key {
+    fn insert_socket(
+        &mut self,
+        socket: Arc<Socket>,
+        owner: Option<ConnectionGuard>,
+        queued: Arc<AtomicUsize>,
+        write_window: Option<usize>,
+    ) -> Key {
         let id = next_id();
         let vacant = self.entries.vacant_entry();
         let key = Key {
@@ -346,6 +363,10 @@ impl EventLoop {
             closing: false,
             dirty: false,
             owner,
+            queued,
+            queued_here: 0,
+            write_window,
+            write_blocked: false,
         }));
         key
     }
@@ -481,6 +502,7 @@ impl EventLoop {
         let want = Interest {
             read: !s.closing
                 && !s.paused
+                && !s.write_blocked
                 && s.read_end.is_none()
                 && !matches!(s.sink, Sink::None)
                 && s.stash.is_empty(),
@@ -565,11 +587,16 @@ impl EventLoop {
         data: Vec<u8>,
         done: crate::oneshot::Sender<Result<(), TcpError>>,
     ) {
+        let len = data.len();
         let Some(s) = self.socket(key) else {
+            if let Some(Entry::Socket(s)) = self.get(key) {
+                s.queued.fetch_sub(len, Ordering::SeqCst);
+            }
             let _ = done.send(Err(TcpError::closed()));
             return;
         };
         if let Some(e) = &s.write_error {
+            s.queued.fetch_sub(len, Ordering::SeqCst);
             let _ = done.send(Err(e.clone()));
             return;
         }
@@ -582,6 +609,16 @@ impl EventLoop {
             written: 0,
             done: Some(done),
         });
+        s.queued_here += len;
+        if !s.write_blocked && s.write_window.is_some_and(|w| s.queued_here > w) {
+            // A peer that sends without reading must not make us queue without bound:
+            // stop reading it (TCP flow control then slows it) until half has drained.
+            s.write_blocked = true;
+            if s.reg.interest().write {
+                self.update_interest(key);
+                return;
+            }
+        }
         // Unless the socket already waits for writability, flush after the command drain,
         // so that every write queued in this batch goes out in one call.
         if !s.dirty && !s.reg.interest().write {
@@ -623,6 +660,11 @@ impl EventLoop {
                 .send_vectored_with_flags(&slices[..count], libc::MSG_NOSIGNAL);
             match result {
                 Ok(mut n) => {
+                    s.queued_here -= n;
+                    s.queued.fetch_sub(n, Ordering::SeqCst);
+                    if s.write_blocked && s.write_window.is_none_or(|w| s.queued_here <= w / 2) {
+                        s.write_blocked = false;
+                    }
                     while n > 0 || s.writes.front().is_some_and(|w| w.written == w.data.len()) {
                         let Some(front) = s.writes.front_mut() else {
                             break;
@@ -658,6 +700,9 @@ impl EventLoop {
     fn fail_writes(&mut self, key: Key, error: TcpError) {
         if let Some(Entry::Socket(s)) = self.get(key) {
             s.write_error = Some(error.clone());
+            s.queued.fetch_sub(s.queued_here, Ordering::SeqCst);
+            s.queued_here = 0;
+            s.write_blocked = false;
             for w in s.writes.drain(..) {
                 if let Some(done) = w.done {
                     let _ = done.send(Err(error.clone()));
@@ -725,6 +770,7 @@ impl EventLoop {
         match self.entries.remove(key.index) {
             Entry::Socket(s) => {
                 let _ = s.reg.socket().shutdown(std::net::Shutdown::Both);
+                s.queued.store(QUEUED_CLOSED, Ordering::SeqCst);
                 drop(s);
             }
             Entry::Listener(l) => {
@@ -772,8 +818,14 @@ impl EventLoop {
                         listener: state.clone(),
                     };
                     let socket = Arc::new(socket);
-                    let socket_key = self.insert_socket(socket.clone(), Some(guard));
-                    let conn = NewConnection::new(socket_key, self.shared.clone(), socket);
+                    let queued = Arc::new(AtomicUsize::new(0));
+                    let socket_key = self.insert_socket(
+                        socket.clone(),
+                        Some(guard),
+                        queued.clone(),
+                        state.write_window,
+                    );
+                    let conn = NewConnection::new(socket_key, self.shared.clone(), socket, queued);
                     if let Some(Entry::Listener(l)) = self.get(key) {
                         // If `listen` already returned, dropping the connection closes it.
                         let _ = l.events.send(ListenEvent::Connection(conn));

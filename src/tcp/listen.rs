@@ -356,6 +356,7 @@ where
         options.max_connections,
         options.max_accepts_per_batch,
         options.nodelay,
+        options.write_window,
     ));
     let (tx, rx) = flume::unbounded();
     // From here on, dropping `running` closes whatever was registered.

@@ -5,13 +5,17 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs};
 use std::sync::Arc;
 
+/// The write window of accepted sockets unless set otherwise.
+const DEFAULT_WRITE_WINDOW: usize = 1024 * 1024;
+
 /// Settings of a listener, used by [`listen_with`](super::listen_with) and
 /// [`listen_on_pool`](super::listen_on_pool).
 ///
 /// The defaults are those of plain [`listen`](super::listen) with a backlog of 128:
 /// `SO_REUSEADDR` on, `SO_REUSEPORT` off, the system's `IPV6_V6ONLY`, `TCP_NODELAY` on every
-/// accepted socket, no connection limit, 64 accepts per loop cycle, and a panicking
-/// `new_connect` stops the server ([`OnHandlerError::Raise`]).
+/// accepted socket, no connection limit, 64 accepts per loop cycle, a 1 MiB write window on
+/// accepted sockets, and a panicking `new_connect` stops the server
+/// ([`OnHandlerError::Raise`]).
 ///
 /// # Examples
 ///
@@ -34,6 +38,7 @@ pub struct ListenOptions {
     pub(crate) nodelay: bool,
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_accepts_per_batch: usize,
+    pub(crate) write_window: Option<usize>,
     pub(crate) on_handler_error: OnHandlerError,
 }
 
@@ -85,6 +90,7 @@ impl ListenOptions {
             nodelay: true,
             max_connections: None,
             max_accepts_per_batch: 64,
+            write_window: Some(DEFAULT_WRITE_WINDOW),
             on_handler_error: OnHandlerError::Raise,
         }
     }
@@ -142,6 +148,14 @@ impl ListenOptions {
     /// (default 64, at least 1).
     pub fn max_accepts_per_batch(mut self, n: usize) -> ListenOptions {
         self.max_accepts_per_batch = n.max(1);
+        self
+    }
+
+    /// The write window of every accepted socket (default 1 MiB; see
+    /// [`TcpSocket::set_write_window`](super::TcpSocket::set_write_window)). `None` lets
+    /// writes queue without bound.
+    pub fn write_window(mut self, window: Option<usize>) -> ListenOptions {
+        self.write_window = window;
         self
     }
 

@@ -16,6 +16,7 @@ pub(crate) struct ListenerState {
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_accepts_per_batch: usize,
     pub(crate) nodelay: bool,
+    pub(crate) write_window: Option<usize>,
     /// Connections accepted from this listener and still in a slab.
     num_connections: AtomicUsize,
     pub(crate) drop_incoming: AtomicBool,
@@ -37,12 +38,14 @@ impl ListenerState {
         max_connections: Option<usize>,
         max_accepts_per_batch: usize,
         nodelay: bool,
+        write_window: Option<usize>,
     ) -> ListenerState {
         ListenerState {
             id,
             max_connections,
             max_accepts_per_batch,
             nodelay,
+            write_window,
             num_connections: AtomicUsize::new(0),
             drop_incoming: AtomicBool::new(false),
             paused: AtomicBool::new(false),

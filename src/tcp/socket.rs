@@ -3,13 +3,14 @@
 use std::fmt;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
 use crate::io_task::Shared;
 use crate::io_task::command::Command;
-use crate::io_task::entry::{Key, Sink, Window};
+use crate::io_task::entry::{Key, QUEUED_CLOSED, Sink, Window};
 use crate::mailbox::{MailboxSender, SocketId};
 use crate::oneshot;
 use crate::tcp::{ReadFuture, ReadPort, TcpError, WriteFuture};
@@ -49,6 +50,8 @@ pub struct TcpSocket {
     key: Key,
     task: Arc<Shared>,
     socket: Arc<Socket>,
+    /// Bytes handed to `write_future` and not yet in the kernel (see `queued_bytes`).
+    queued: Arc<AtomicUsize>,
 }
 
 /// An incoming connection, handed to `listen`'s `new_connect` callback.
@@ -61,9 +64,14 @@ pub struct NewConnection {
 }
 
 impl NewConnection {
-    pub(crate) fn new(key: Key, task: Arc<Shared>, socket: Arc<Socket>) -> NewConnection {
+    pub(crate) fn new(
+        key: Key,
+        task: Arc<Shared>,
+        socket: Arc<Socket>,
+        queued: Arc<AtomicUsize>,
+    ) -> NewConnection {
         NewConnection {
-            socket: TcpSocket { key, task, socket },
+            socket: TcpSocket::new(key, task, socket, queued),
         }
     }
 
@@ -90,8 +98,18 @@ impl NewConnection {
 }
 
 impl TcpSocket {
-    pub(crate) fn new(key: Key, task: Arc<Shared>, socket: Arc<Socket>) -> TcpSocket {
-        TcpSocket { key, task, socket }
+    pub(crate) fn new(
+        key: Key,
+        task: Arc<Shared>,
+        socket: Arc<Socket>,
+        queued: Arc<AtomicUsize>,
+    ) -> TcpSocket {
+        TcpSocket {
+            key,
+            task,
+            socket,
+            queued,
+        }
     }
 
     /// Starts delivering this socket's reads to a new port.
@@ -228,15 +246,55 @@ impl TcpSocket {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn write_future(&self, data: impl Into<Vec<u8>>) -> WriteFuture {
+        let data = data.into();
+        let len = data.len();
         let (done, rx) = oneshot::channel();
+        self.queued.fetch_add(len, Ordering::SeqCst);
         match self.task.send(Command::Write {
             key: self.key,
-            data: data.into(),
+            data,
             done,
         }) {
             Ok(()) => WriteFuture::waiting(rx),
-            Err(e) => WriteFuture::ready(Err(e)),
+            Err(e) => {
+                self.queued.fetch_sub(len, Ordering::SeqCst);
+                WriteFuture::ready(Err(e))
+            }
         }
+    }
+
+    /// Bytes handed to [`write_future`](TcpSocket::write_future) (or `write`) that are not
+    /// yet in the kernel; zero once the socket is closed.
+    ///
+    /// An actor that must not block on writes uses this to notice a peer that does not read,
+    /// for example to drop a slow subscriber instead of queueing for it without bound.
+    pub fn queued_bytes(&self) -> usize {
+        let queued = self.queued.load(Ordering::SeqCst);
+        if queued & QUEUED_CLOSED != 0 {
+            0
+        } else {
+            queued
+        }
+    }
+
+    /// Stops reading this socket while more than `window` bytes of its writes are queued,
+    /// until half of them drained (`None`: never).
+    ///
+    /// This bounds the memory a request/response server spends on a client that sends but
+    /// never reads: its requests stay in the kernel, where TCP flow control stops it, as a
+    /// blocking server's would. Sockets accepted by a listener start with
+    /// [`ListenOptions::write_window`](super::ListenOptions::write_window) (1 MiB by
+    /// default); connected sockets start with `None`, so that a client streaming both ways
+    /// cannot deadlock against such a server. Writes themselves are never refused.
+    ///
+    /// # Errors
+    ///
+    /// `"SHUTDOWN"` when the I/O task stopped.
+    pub fn set_write_window(&self, window: Option<usize>) -> Result<(), TcpError> {
+        self.task.send(Command::SetWriteWindow {
+            key: self.key,
+            window,
+        })
     }
 
     /// Delivers this socket's reads to a mailbox, tagged with [`id`](TcpSocket::id), batched
