@@ -65,6 +65,7 @@ pub(crate) struct Config {
     pub(crate) read_window: usize,
     pub(crate) spin: Duration,
     pub(crate) drain_timeout: Duration,
+    pub(crate) linger_timeout: Duration,
 }
 
 /// The part of an I/O task every socket, port and future holds: the way to send it commands.
@@ -111,6 +112,7 @@ impl IoTask {
                 read_window: 1024 * 1024,
                 spin: Duration::ZERO,
                 drain_timeout: Duration::from_secs(60),
+                linger_timeout: Duration::from_secs(2),
             },
             name: "iotask".to_owned(),
         }
@@ -184,6 +186,17 @@ impl Builder {
     /// anyway (default 60 s), so that a peer that never reads cannot pin a descriptor.
     pub fn drain_timeout(mut self, timeout: Duration) -> Builder {
         self.config.drain_timeout = timeout;
+        self
+    }
+
+    /// How long a dropped socket, once its writes are flushed and its sending side shut
+    /// down, waits for the peer to close before it is closed anyway (default 2 s).
+    ///
+    /// Meanwhile whatever the peer still sends is read and discarded: closing with unread
+    /// input would make the kernel reset the connection and drop the last replies still in
+    /// the send buffer. A lingering socket no longer counts as a listener's connection.
+    pub fn linger_timeout(mut self, timeout: Duration) -> Builder {
+        self.config.linger_timeout = timeout;
         self
     }
 

@@ -180,6 +180,15 @@ impl<T> Receiver<T> {
     }
 }
 
+impl<T> Receiver<T> {
+    /// Closes the receiver and takes a value that arrived but was never received.
+    pub(crate) fn close(&self) -> Option<T> {
+        let mut state = self.slot.lock();
+        state.receiver_gone = true;
+        state.value.take()
+    }
+}
+
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         self.slot.lock().receiver_gone = true;

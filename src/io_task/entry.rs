@@ -102,6 +102,9 @@ pub(crate) struct SocketEntry {
     pub(crate) write_error: Option<TcpError>,
     /// Set when the user dropped the socket: close as soon as `writes` is empty.
     pub(crate) closing: bool,
+    /// Set once a closing socket's output is flushed and its write side shut down: it is
+    /// read (and the input discarded) until the peer closes, then closed.
+    pub(crate) lingering: bool,
     /// Whether the socket is on the loop's list of sockets to flush this cycle.
     pub(crate) dirty: bool,
     /// The listener that accepted the socket, which counts it while it is in the slab.

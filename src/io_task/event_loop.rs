@@ -262,10 +262,8 @@ impl EventLoop {
                 let _ = reply.send(result);
             }
             Command::Unread { key, data } => {
-                if let Some(s) = self.socket(key) {
-                    if !data.is_empty() {
-                        s.stash.push_front(Ok(data));
-                    }
+                if !data.is_empty() {
+                    self.take_back(key, Ok(data), true);
                 }
             }
             Command::Write { key, data, done } => self.queue_write(key, data, done),
@@ -367,6 +365,7 @@ impl EventLoop {
             queued_here: 0,
             write_window,
             write_blocked: false,
+            lingering: false,
         }));
         key
     }
@@ -394,6 +393,8 @@ impl EventLoop {
             return Err(TcpError::busy());
         }
         s.sink = sink;
+        // A pause belonged to the previous reader's window; the new reader has its own.
+        s.paused = false;
         // A dropped port or future may have left chunks behind only on its way out; the
         // stash holds everything taken back, in order.
         let mut stash = std::mem::take(&mut s.stash);
@@ -471,6 +472,25 @@ impl EventLoop {
         }
     }
 
+    /// Keeps a chunk whose reader went away for the next reader: in the stash while nobody
+    /// reads (in front of it when `front`), or straight to a reader that already took over
+    /// (so that a stash never sits behind a live reader).
+    fn take_back(&mut self, key: Key, chunk: Chunk, front: bool) {
+        let Some(s) = self.socket(key) else {
+            return;
+        };
+        if matches!(s.sink, Sink::None) {
+            if front {
+                s.stash.push_front(chunk);
+            } else {
+                s.stash.push_back(chunk);
+            }
+        } else {
+            self.deliver(key, chunk);
+        }
+        self.update_interest(key);
+    }
+
     fn send_outbox(&mut self) {
         self.outbox_index.clear();
         let outbox = std::mem::take(&mut self.outbox);
@@ -483,8 +503,7 @@ impl EventLoop {
                         {
                             s.sink = Sink::None;
                         }
-                        s.stash.push_back(chunk);
-                        self.update_interest(key);
+                        self.take_back(key, chunk, false);
                     }
                 }
             }
@@ -500,12 +519,13 @@ impl EventLoop {
             return;
         };
         let want = Interest {
-            read: !s.closing
-                && !s.paused
-                && !s.write_blocked
-                && s.read_end.is_none()
-                && !matches!(s.sink, Sink::None)
-                && s.stash.is_empty(),
+            read: s.lingering
+                || !s.closing
+                    && !s.paused
+                    && !s.write_blocked
+                    && s.read_end.is_none()
+                    && !matches!(s.sink, Sink::None)
+                    && s.stash.is_empty(),
             write: !s.writes.is_empty() && !s.dirty,
         };
         if let Err(e) = s.reg.set_interest(want) {
@@ -538,6 +558,10 @@ impl EventLoop {
     }
 
     fn read(&mut self, key: Key) {
+        if matches!(self.get(key), Some(Entry::Socket(s)) if s.lingering) {
+            self.linger(key);
+            return;
+        }
         for _ in 0..READS_PER_CYCLE {
             let entry = self.entries.get_mut(key.index).filter(|e| e.id() == key.id);
             let Some(Entry::Socket(s)) = entry else {
@@ -688,10 +712,8 @@ impl EventLoop {
                 }
             }
         }
-        let closing_done =
-            matches!(self.get(key), Some(Entry::Socket(s)) if s.closing && s.writes.is_empty());
-        if closing_done {
-            self.remove(key, TcpError::closed());
+        if matches!(self.get(key), Some(Entry::Socket(s)) if s.closing) {
+            self.finish_close(key);
         } else {
             self.update_interest(key);
         }
@@ -739,14 +761,60 @@ impl EventLoop {
         };
         s.closing = true;
         s.stash.clear();
-        if s.writes.is_empty() {
-            self.remove(key, TcpError::closed());
-        } else {
-            self.timers.push(Reverse((
-                Instant::now() + drain_timeout,
-                Timer::DrainDeadline(key.index, key.id),
-            )));
+        self.timers.push(Reverse((
+            Instant::now() + drain_timeout,
+            Timer::DrainDeadline(key.index, key.id),
+        )));
+        self.finish_close(key);
+    }
+
+    /// Closes a socket the user dropped once its queue is flushed. Unless the peer already
+    /// closed its side, the socket first half-closes and reads (discarding) until the peer
+    /// closes: closing with unread input would make the kernel reset the connection and
+    /// throw away output still in the send buffer. The drain deadline bounds both waits.
+    fn finish_close(&mut self, key: Key) {
+        let linger_timeout = self.config.linger_timeout;
+        let Some(Entry::Socket(s)) = self.get(key) else {
+            return;
+        };
+        if !s.writes.is_empty() || s.lingering {
             self.update_interest(key);
+            return;
+        }
+        if s.read_end.is_some()
+            || s.write_error.is_some()
+            || s.reg.socket().shutdown(std::net::Shutdown::Write).is_err()
+        {
+            self.remove(key, TcpError::closed());
+            return;
+        }
+        s.lingering = true;
+        // The user closed it: it no longer counts against its listener's limit.
+        s.owner = None;
+        self.timers.push(Reverse((
+            Instant::now() + linger_timeout,
+            Timer::DrainDeadline(key.index, key.id),
+        )));
+        self.update_interest(key);
+    }
+
+    /// Reads and discards what a half-closed socket still receives; closes it at the end.
+    fn linger(&mut self, key: Key) {
+        for _ in 0..READS_PER_CYCLE {
+            let entry = self.entries.get_mut(key.index).filter(|e| e.id() == key.id);
+            let Some(Entry::Socket(s)) = entry else {
+                return;
+            };
+            match (&**s.reg.socket()).read(&mut self.buf) {
+                Ok(n) if n > 0 => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // EOF, or the peer reset: nothing more can be delivered either way.
+                _ => {
+                    self.remove(key, TcpError::closed());
+                    return;
+                }
+            }
         }
     }
 

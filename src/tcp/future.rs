@@ -6,6 +6,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::Arc;
+
+use crate::io_task::Shared;
+use crate::io_task::command::Command;
+use crate::io_task::entry::Key;
 use crate::oneshot;
 use crate::tcp::TcpError;
 
@@ -29,6 +34,8 @@ pub struct WriteFuture {
 #[must_use = "a read future does nothing useful unless waited on"]
 pub struct ReadFuture {
     state: State<Vec<u8>>,
+    /// Where a chunk that arrived for a future dropped unread is given back.
+    socket: Option<(Key, Arc<Shared>)>,
 }
 
 enum State<T> {
@@ -86,15 +93,21 @@ impl WriteFuture {
 }
 
 impl ReadFuture {
-    pub(crate) fn waiting(rx: oneshot::Receiver<Result<Vec<u8>, TcpError>>) -> ReadFuture {
+    pub(crate) fn waiting(
+        rx: oneshot::Receiver<Result<Vec<u8>, TcpError>>,
+        key: Key,
+        task: Arc<Shared>,
+    ) -> ReadFuture {
         ReadFuture {
             state: State::Waiting(rx),
+            socket: Some((key, task)),
         }
     }
 
     pub(crate) fn ready(result: Result<Vec<u8>, TcpError>) -> ReadFuture {
         ReadFuture {
             state: State::Ready(Some(result)),
+            socket: None,
         }
     }
 
@@ -105,8 +118,21 @@ impl ReadFuture {
     /// `"ETIMEDOUT"` (with [`is_timeout`](TcpError::is_timeout)) when nothing came in time,
     /// `"EOF"` after the peer closed, `"BUSY"` when a port or mailbox already receives this
     /// socket's reads, `"SHUTDOWN"` when the I/O task stopped, or the socket's read error.
-    pub fn get(self) -> Result<Vec<u8>, TcpError> {
-        self.state.get()
+    pub fn get(mut self) -> Result<Vec<u8>, TcpError> {
+        self.socket = None;
+        std::mem::replace(&mut self.state, State::Ready(None)).get()
+    }
+}
+
+impl Drop for ReadFuture {
+    fn drop(&mut self) {
+        // A chunk that arrived but was never taken goes back in front of the socket's next
+        // read; one that arrives later is given back by the I/O task itself.
+        if let (State::Waiting(rx), Some((key, task))) = (&self.state, &self.socket) {
+            if let Some(Ok(data)) = rx.close() {
+                let _ = task.send(Command::Unread { key: *key, data });
+            }
+        }
     }
 }
 
@@ -122,7 +148,12 @@ impl Future for ReadFuture {
     type Output = Result<Vec<u8>, TcpError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.get_mut().state.poll(cx)
+        let this = self.get_mut();
+        let result = this.state.poll(cx);
+        if result.is_ready() {
+            this.socket = None;
+        }
+        result
     }
 }
 

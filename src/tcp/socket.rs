@@ -211,7 +211,7 @@ impl TcpSocket {
             deadline,
             reply,
         }) {
-            Ok(()) => ReadFuture::waiting(rx),
+            Ok(()) => ReadFuture::waiting(rx, self.key, self.task.clone()),
             Err(e) => ReadFuture::ready(Err(e)),
         }
     }
