@@ -1,0 +1,169 @@
+//! A line-based chat room: every line a client sends goes to every other client, prefixed
+//! with the sender's address.
+//!
+//! ```sh
+//! cargo run --example chat -- 127.0.0.1:7000
+//! socat - TCP:127.0.0.1:7000     # in two or more terminals
+//! ```
+//!
+//! One actor thread owns every client socket. All their reads arrive on its [`Mailbox`];
+//! the actor cuts them into lines, keeping each client's unfinished line until its newline
+//! comes, and writes each line to the others. Clients joining and leaving are announced:
+//!
+//! ```text
+//! * 127.0.0.1:5555 joined
+//! 127.0.0.1:5555: hello
+//! * 127.0.0.1:5555 left
+//! ```
+//!
+//! The first argument is the address to listen on (default `127.0.0.1:7000`; give
+//! `127.0.0.1:0` for any free port). The server prints the address it bound and serves
+//! until killed.
+
+use std::collections::HashMap;
+use std::error::Error;
+use std::io::Write;
+
+use iotask::tcp::{self, KillChan, ListenError, TcpSocket};
+use iotask::{Event, IoTask, Mailbox, SocketId};
+
+/// How many bytes of one client's unfinished line the room holds. Once that many wait, they
+/// are passed on without waiting for the newline, so a client that never sends one cannot
+/// grow the room's memory.
+pub const MAX_LINE: usize = 4096;
+
+/// What the listener tells the room.
+#[derive(Debug)]
+pub enum Command {
+    /// A new client entered the room.
+    Join(TcpSocket),
+    /// The listener stopped: close every connection and return.
+    Stop,
+}
+
+/// Runs a chat room on `addr` until the listener is killed or `iotask` shuts down.
+///
+/// `on_bound` runs once the port is bound; its [`KillChan`] tells the bound address and
+/// stops the server. When the server stops, every connection is closed.
+pub fn serve(
+    addr: &str,
+    iotask: &IoTask,
+    on_bound: impl FnOnce(KillChan),
+) -> Result<(), ListenError> {
+    let mailbox = Mailbox::new();
+    let room_mail = mailbox.sender();
+    let room = std::thread::spawn(move || chat_room(mailbox));
+
+    let result = tcp::listen(addr, 128, iotask, on_bound, |new_conn, _kill| {
+        if let Ok(sock) = tcp::accept(new_conn) {
+            // The room runs until told to stop, so this send cannot fail.
+            let _ = room_mail.send(Command::Join(sock));
+        }
+    });
+
+    let _ = room_mail.send(Command::Stop);
+    let _ = room.join();
+    result
+}
+
+/// A client in the room.
+struct Member {
+    sock: TcpSocket,
+    name: String,
+    /// Bytes received after the last newline.
+    unfinished: Vec<u8>,
+}
+
+impl Member {
+    /// Adds bytes the client sent; returns the lines they completed, ready to broadcast.
+    fn lines(&mut self, data: &[u8]) -> Vec<Vec<u8>> {
+        self.unfinished.extend_from_slice(data);
+        let mut lines = Vec::new();
+        let mut start = 0;
+        while let Some(len) = self.unfinished[start..].iter().position(|&b| b == b'\n') {
+            lines.push(self.said(&self.unfinished[start..start + len]));
+            start += len + 1;
+        }
+        self.unfinished.drain(..start);
+        if self.unfinished.len() >= MAX_LINE {
+            lines.push(self.said(&self.unfinished));
+            self.unfinished.clear();
+        }
+        lines
+    }
+
+    /// The line as the others see it: `name: text\n` (a trailing `\r` is dropped).
+    fn said(&self, text: &[u8]) -> Vec<u8> {
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        let mut line = format!("{}: ", self.name).into_bytes();
+        line.extend_from_slice(text);
+        line.push(b'\n');
+        line
+    }
+}
+
+/// The room: owns every client socket and passes lines between them, until told to stop.
+pub fn chat_room(mut mailbox: Mailbox<Command>) {
+    let mut members: HashMap<SocketId, Member> = HashMap::new();
+    loop {
+        match mailbox.recv() {
+            Event::Message(Command::Join(sock)) => {
+                // A client that reset the connection already has no address; skip it.
+                let Ok(peer) = sock.peer_addr() else { continue };
+                if sock.attach(&mailbox).is_err() {
+                    continue;
+                }
+                let id = sock.id();
+                send_to_others(&members, id, format!("* {peer} joined\n").as_bytes());
+                let name = peer.to_string();
+                let unfinished = Vec::new();
+                members.insert(
+                    id,
+                    Member {
+                        sock,
+                        name,
+                        unfinished,
+                    },
+                );
+            }
+            Event::Data { socket, data } => {
+                let Some(member) = members.get_mut(&socket) else {
+                    continue;
+                };
+                for line in member.lines(&data) {
+                    send_to_others(&members, socket, &line);
+                }
+            }
+            Event::Closed { socket, .. } => {
+                // Dropping the member's socket closes the connection.
+                if let Some(member) = members.remove(&socket) {
+                    let left = format!("* {} left\n", member.name);
+                    send_to_others(&members, socket, left.as_bytes());
+                }
+            }
+            Event::Message(Command::Stop) => return,
+        }
+    }
+}
+
+/// Writes `text` to every member except `from`, without waiting for the writes.
+fn send_to_others(members: &HashMap<SocketId, Member>, from: SocketId, text: &[u8]) {
+    for (&id, member) in members {
+        if id != from {
+            drop(member.sock.write_future(text));
+        }
+    }
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:7000".to_owned());
+    let iotask = IoTask::spawn()?;
+    serve(&addr, &iotask, |kill| {
+        println!("listening on {}", kill.local_addr());
+        let _ = std::io::stdout().flush();
+    })
+    .map_err(|e| format!("cannot serve on {addr}: {e}"))?;
+    Ok(())
+}

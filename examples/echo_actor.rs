@@ -1,0 +1,96 @@
+//! An echo server in which one actor thread owns every connection.
+//!
+//! ```sh
+//! cargo run --example echo_actor -- 127.0.0.1:7000
+//! socat - TCP:127.0.0.1:7000
+//! ```
+//!
+//! The listener accepts each connection and sends the socket to the actor. The actor
+//! attaches every socket to its [`Mailbox`], so the reads of all clients arrive on one
+//! queue, tagged with their socket, and one thread serves them all.
+//!
+//! The first argument is the address to listen on (default `127.0.0.1:7000`; give
+//! `127.0.0.1:0` for any free port). The server prints the address it bound and serves
+//! until killed.
+
+use std::collections::HashMap;
+use std::error::Error;
+use std::io::Write;
+
+use iotask::tcp::{self, KillChan, ListenError, TcpSocket};
+use iotask::{Event, IoTask, Mailbox};
+
+/// What the listener tells the actor.
+#[derive(Debug)]
+pub enum Command {
+    /// A new client: serve it.
+    Serve(TcpSocket),
+    /// The listener stopped: close every connection and return.
+    Stop,
+}
+
+/// Serves echo on `addr` until the listener is killed or `iotask` shuts down.
+///
+/// `on_bound` runs once the port is bound; its [`KillChan`] tells the bound address and
+/// stops the server. When the server stops, every connection is closed.
+pub fn serve(
+    addr: &str,
+    iotask: &IoTask,
+    on_bound: impl FnOnce(KillChan),
+) -> Result<(), ListenError> {
+    let mailbox = Mailbox::new();
+    let actor_mail = mailbox.sender();
+    let actor = std::thread::spawn(move || echo_actor(mailbox));
+
+    let result = tcp::listen(addr, 128, iotask, on_bound, |new_conn, _kill| {
+        if let Ok(sock) = tcp::accept(new_conn) {
+            // The actor runs until told to stop, so this send cannot fail.
+            let _ = actor_mail.send(Command::Serve(sock));
+        }
+    });
+
+    let _ = actor_mail.send(Command::Stop);
+    let _ = actor.join();
+    result
+}
+
+/// Echoes every chunk any of its sockets reads, until told to stop.
+pub fn echo_actor(mut mailbox: Mailbox<Command>) {
+    let mut sockets = HashMap::new();
+    loop {
+        match mailbox.recv() {
+            Event::Message(Command::Serve(sock)) => {
+                if sock.attach(&mailbox).is_ok() {
+                    sockets.insert(sock.id(), sock);
+                }
+            }
+            Event::Data { socket, data } => {
+                if let Some(sock) = sockets.get(&socket) {
+                    // The write is queued in order with the socket's other writes; the
+                    // actor does not wait for it, so one slow client delays nobody. (The
+                    // cost: echoes for a client that never reads queue up in the I/O task.)
+                    drop(sock.write_future(data));
+                }
+            }
+            Event::Closed { socket, .. } => {
+                // The client closed (or reset) the connection. Dropping the socket
+                // flushes the echoes still queued, then closes it.
+                sockets.remove(&socket);
+            }
+            Event::Message(Command::Stop) => return,
+        }
+    }
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:7000".to_owned());
+    let iotask = IoTask::spawn()?;
+    serve(&addr, &iotask, |kill| {
+        println!("listening on {}", kill.local_addr());
+        let _ = std::io::stdout().flush();
+    })
+    .map_err(|e| format!("cannot serve on {addr}: {e}"))?;
+    Ok(())
+}

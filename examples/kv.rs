@@ -1,0 +1,260 @@
+//! A key-value server that speaks the Redis protocol (RESP2), served by one actor thread.
+//!
+//! ```sh
+//! cargo run --release --example kv -- 127.0.0.1:6380
+//! redis-cli -p 6380 SET greeting hello
+//! redis-cli -p 6380 GET greeting
+//! redis-benchmark -p 6380 -t ping,set,get -n 100000 -c 50 -P 16 -q
+//! ```
+//!
+//! The first argument is the address to listen on (default `127.0.0.1:6380`; give
+//! `127.0.0.1:0` for any free port). The server prints the address it bound
+//! (`listening on 127.0.0.1:6380`) and serves until killed.
+//!
+//! # Design
+//!
+//! The thread that calls `listen` only accepts connections and hands each socket to the
+//! store actor. The actor owns the data and every client socket: it attaches them all to
+//! its [`Mailbox`], so the reads of every client arrive on one queue, tagged with their
+//! socket. Nothing is shared, so nothing is locked, and commands run one at a time, in
+//! arrival order, as in Redis.
+//!
+//! For each chunk a client sends, the actor parses every complete command buffered so far
+//! (clients pipeline: redis-benchmark `-P 16` sends sixteen commands at once), runs them,
+//! and sends all their replies in one write future, which it does not wait for. A partial
+//! command stays in the connection's buffer until the rest arrives.
+//!
+//! Supported: `PING [msg]`, `ECHO`, `SET key value [EX s | PX ms] [NX | XX]`, `GET`,
+//! `DEL`, `EXISTS`, `INCR`, `MGET`, `MSET`, `DBSIZE`, `FLUSHALL`, `FLUSHDB`, `CONFIG GET`,
+//! `COMMAND` (an empty table) and `QUIT`, as arrays of bulk strings or inline commands.
+//! Keys expire lazily when touched, and a sweep removes the rest a few times a second.
+//!
+//! Limits: a command's input is bounded (512 MiB per bulk string, 64 KiB per line); replies
+//! to a client that sends commands but never reads queue up in the I/O task, as with
+//! Redis's default of no output limit for normal clients.
+
+#[path = "kv/resp.rs"]
+pub mod resp;
+#[path = "kv/store.rs"]
+pub mod store;
+
+use std::collections::HashMap;
+use std::error::Error;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use iotask::tcp::{self, KillChan, ListenError, TcpSocket};
+use iotask::{Event, IoTask, Mailbox, SocketId};
+
+use store::{After, Store};
+
+/// How often the actor removes expired keys nobody touched.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// A connection's input buffer is shrunk back when it holds less than this but has grown
+/// far beyond it, so that one large value does not pin its memory for good.
+const BUFFER_KEEP: usize = 64 * 1024;
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:6380".to_owned());
+    let server = start(&addr, &iotask::global())?;
+    println!("listening on {}", server.local_addr());
+    io::stdout().flush()?;
+    server.wait()?;
+    Ok(())
+}
+
+/// A running server: its address, and the way to stop it.
+#[derive(Debug)]
+pub struct Server {
+    kill: KillChan,
+    listener: JoinHandle<Result<(), ListenError>>,
+}
+
+impl Server {
+    /// The bound address (a requested port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.kill.local_addr()
+    }
+
+    /// Stops listening, closes every client connection, and returns once the server's
+    /// threads have ended.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Server::wait).
+    pub fn stop(self) -> io::Result<()> {
+        // Fails only when the listener stopped already; `wait` reports why.
+        let _ = self.kill.send(None);
+        self.wait()
+    }
+
+    /// Blocks until the server stops (it is killed, or its I/O task shuts down).
+    ///
+    /// # Errors
+    ///
+    /// The listener's error, for example `SHUTDOWN` when the I/O task stopped.
+    pub fn wait(self) -> io::Result<()> {
+        match self.listener.join() {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(io::Error::other("the listener thread panicked")),
+        }
+    }
+}
+
+/// Starts a key-value server on `addr`, served by `iotask`; returns once the port is bound.
+///
+/// # Errors
+///
+/// The bind or listen error (`AddrInUse`, …), or a failure to spawn a thread.
+pub fn start(addr: &str, iotask: &IoTask) -> io::Result<Server> {
+    let mailbox = Mailbox::new();
+    let to_store = mailbox.sender();
+    let store = thread::Builder::new()
+        .name("kv-store".to_owned())
+        .spawn(move || store_actor(mailbox))?;
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let failed_tx = ready_tx.clone();
+    let addr = addr.to_owned();
+    let iotask = iotask.clone();
+    let listener = thread::Builder::new()
+        .name("kv-listener".to_owned())
+        .spawn(move || {
+            let result = tcp::listen(
+                addr.as_str(),
+                1024,
+                &iotask,
+                |kill| {
+                    let _ = ready_tx.send(Ok(kill));
+                },
+                |new_conn, _kill| {
+                    if let Ok(sock) = tcp::accept(new_conn) {
+                        // The actor lives until told to stop, so this cannot fail.
+                        let _ = to_store.send(Message::Connection(sock));
+                    }
+                },
+            );
+            // The store ends with the listener, closing every client connection.
+            let _ = to_store.send(Message::Stop);
+            let _ = store.join();
+            if let Err(e) = &result {
+                // Nobody waits any more if the listener had started.
+                let _ = failed_tx.send(Err(e.clone()));
+            }
+            result
+        })?;
+
+    match ready_rx.recv() {
+        Ok(Ok(kill)) => Ok(Server { kill, listener }),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(io::Error::other("the listener thread ended without a word")),
+    }
+}
+
+/// What the listener tells the store actor.
+#[derive(Debug)]
+pub enum Message {
+    /// A new client to serve.
+    Connection(TcpSocket),
+    /// The listener stopped: close every connection and return.
+    Stop,
+}
+
+/// One client: its socket and the bytes of a command not complete yet.
+struct Connection {
+    sock: TcpSocket,
+    input: Vec<u8>,
+}
+
+/// The store actor: owns the data and every client, until told to stop.
+fn store_actor(mut mailbox: Mailbox<Message>) {
+    let mut store = Store::new();
+    let mut clients: HashMap<SocketId, Connection> = HashMap::new();
+    let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
+    loop {
+        let until_sweep = next_sweep.saturating_duration_since(Instant::now());
+        match mailbox.recv_timeout(until_sweep) {
+            Some(Event::Message(Message::Connection(sock))) => {
+                welcome(&mut clients, sock, &mailbox);
+            }
+            Some(Event::Data { socket, data }) => {
+                if let Some(client) = clients.get_mut(&socket) {
+                    if client.serve(data, &mut store) == After::Close {
+                        // Dropping the socket writes the last replies, then closes it.
+                        clients.remove(&socket);
+                    }
+                }
+            }
+            Some(Event::Closed { socket, .. }) => {
+                clients.remove(&socket);
+            }
+            Some(Event::Message(Message::Stop)) => return,
+            None => {}
+        }
+        let now = Instant::now();
+        if now >= next_sweep {
+            let done = store.sweep(now);
+            // More keys are due: sweep again right after the next event.
+            next_sweep = if done { now + SWEEP_INTERVAL } else { now };
+        }
+    }
+}
+
+/// Starts serving a new client: its reads join the actor's mailbox.
+fn welcome(
+    clients: &mut HashMap<SocketId, Connection>,
+    sock: TcpSocket,
+    mailbox: &Mailbox<Message>,
+) {
+    // Only a stopped I/O task refuses; dropping the socket then closes it.
+    if sock.attach(mailbox).is_ok() {
+        let input = Vec::new();
+        clients.insert(sock.id(), Connection { sock, input });
+    }
+}
+
+impl Connection {
+    /// Runs every complete command buffered after `data` arrived and writes their replies
+    /// in one go. Returns `After::Close` after `QUIT` or a protocol error.
+    fn serve(&mut self, data: Vec<u8>, store: &mut Store) -> After {
+        if self.input.is_empty() {
+            self.input = data;
+        } else {
+            self.input.extend_from_slice(&data);
+        }
+        let mut replies = Vec::new();
+        let mut used = 0;
+        let mut after = After::KeepOpen;
+        while after == After::KeepOpen {
+            match resp::parse_command(&self.input[used..]) {
+                Ok(Some(command)) => {
+                    used += command.len;
+                    if !command.args.is_empty() {
+                        after = store.execute(&command.args, &mut replies);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // Where the next command starts is unknown: answer, then hang up, as
+                    // Redis does.
+                    resp::error_reply(&mut replies, &format!("ERR Protocol error: {e}"));
+                    after = After::Close;
+                }
+            }
+        }
+        self.input.drain(..used);
+        if self.input.capacity() > 4 * BUFFER_KEEP && self.input.len() < BUFFER_KEEP {
+            self.input.shrink_to(BUFFER_KEEP);
+        }
+        if !replies.is_empty() {
+            // The write happens in order with this client's earlier ones; the actor does not
+            // wait for it, so a slow client delays nobody else.
+            drop(self.sock.write_future(replies));
+        }
+        after
+    }
+}

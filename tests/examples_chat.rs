@@ -1,0 +1,213 @@
+//! The chat example, run in-process and talked to by `std` clients and by `socat`.
+
+#[path = "../examples/chat.rs"]
+#[allow(dead_code)]
+mod chat;
+mod examples_support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use examples_support::{ChildGuard, Server, TIMEOUT, client, have_tool};
+
+fn start_chat() -> Server {
+    Server::start(|iotask, on_bound| chat::serve("127.0.0.1:0", iotask, on_bound))
+}
+
+/// A chat client that reads whole lines, each within the test timeout.
+struct Member {
+    /// How the room names this client: its address as the server sees it.
+    name: String,
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Member {
+    fn join(addr: SocketAddr) -> Member {
+        let writer = client(addr);
+        let name = writer.local_addr().expect("local addr").to_string();
+        let reader = BufReader::new(writer.try_clone().expect("clone"));
+        Member {
+            name,
+            reader,
+            writer,
+        }
+    }
+
+    fn say(&mut self, text: &str) {
+        self.writer.write_all(text.as_bytes()).expect("write");
+    }
+
+    fn next_line(&mut self) -> String {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("a line in time");
+        assert!(n > 0, "the room closed the connection of {}", self.name);
+        line
+    }
+
+    fn expect_line(&mut self, expected: &str) {
+        assert_eq!(self.next_line(), expected, "as read by {}", self.name);
+    }
+}
+
+/// Three members: `a` joined first, then `b`, then `c`, and every announcement was read.
+fn three_members(addr: SocketAddr) -> (Member, Member, Member) {
+    let mut a = Member::join(addr);
+    let mut b = Member::join(addr);
+    a.expect_line(&format!("* {} joined\n", b.name));
+    let c = Member::join(addr);
+    a.expect_line(&format!("* {} joined\n", c.name));
+    b.expect_line(&format!("* {} joined\n", c.name));
+    (a, b, c)
+}
+
+#[test]
+fn lines_reach_everyone_but_their_sender() {
+    let server = start_chat();
+    let (mut a, mut b, mut c) = three_members(server.addr);
+
+    a.say("hello from a\n");
+    b.expect_line(&format!("{}: hello from a\n", a.name));
+    c.expect_line(&format!("{}: hello from a\n", a.name));
+
+    // The room handles lines in order, so had `a` been sent its own line, `a` would read it
+    // before `b`'s.
+    b.say("hello from b\n");
+    a.expect_line(&format!("{}: hello from b\n", b.name));
+    c.expect_line(&format!("{}: hello from b\n", b.name));
+
+    server.stop().expect("serve returns Ok when killed");
+}
+
+#[test]
+fn partial_lines_wait_for_their_newline() {
+    let server = start_chat();
+    let (mut a, mut b, mut c) = three_members(server.addr);
+
+    // The pauses make the pieces arrive as separate reads, which is what this test is about;
+    // a correct room passes whatever the timing.
+    for piece in ["par", "tial li", "ne\nsecond\nthi", "rd\n"] {
+        a.say(piece);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    for member in [&mut b, &mut c] {
+        member.expect_line(&format!("{}: partial line\n", a.name));
+        member.expect_line(&format!("{}: second\n", a.name));
+        member.expect_line(&format!("{}: third\n", a.name));
+    }
+
+    // A carriage return before the newline is dropped.
+    a.say("crlf\r\n");
+    b.expect_line(&format!("{}: crlf\n", a.name));
+}
+
+#[test]
+fn an_overlong_line_is_passed_on_without_its_newline() {
+    let server = start_chat();
+    let mut a = Member::join(server.addr);
+    let mut b = Member::join(server.addr);
+    a.expect_line(&format!("* {} joined\n", b.name));
+
+    // More than the room holds of one line, and no newline yet.
+    a.say(&"x".repeat(chat::MAX_LINE + 1000));
+    let prefix = format!("{}: ", a.name);
+    let first = b.next_line();
+    let first = first.strip_prefix(&prefix).expect("a line from a");
+    let held = first.trim_end().len();
+    assert!(held >= chat::MAX_LINE, "passed on {held} bytes");
+
+    a.say("\n");
+    if held < chat::MAX_LINE + 1000 {
+        let rest = b.next_line();
+        let rest = rest.strip_prefix(&prefix).expect("a line from a");
+        assert_eq!(held + rest.trim_end().len(), chat::MAX_LINE + 1000);
+    }
+}
+
+#[test]
+fn leaving_is_announced_to_the_others() {
+    let server = start_chat();
+    let (a, mut b, mut c) = three_members(server.addr);
+    let name = a.name.clone();
+    drop(a);
+    b.expect_line(&format!("* {name} left\n"));
+    c.expect_line(&format!("* {name} left\n"));
+
+    // The room goes on without `a`.
+    b.say("still here\n");
+    c.expect_line(&format!("{}: still here\n", b.name));
+}
+
+#[test]
+fn socat_can_chat() {
+    if !have_tool("socat", "socat") {
+        return;
+    }
+    let server = start_chat();
+    let mut b = Member::join(server.addr);
+    let mut socat = ChildGuard(
+        Command::new("socat")
+            .arg("-")
+            .arg(format!("TCP:{}", server.addr))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start socat"),
+    );
+
+    let joined = b.next_line();
+    let name = joined
+        .strip_prefix("* ")
+        .and_then(|rest| rest.strip_suffix(" joined\n"))
+        .unwrap_or_else(|| panic!("a join announcement, got {joined:?}"))
+        .to_owned();
+    assert!(name.starts_with("127.0.0.1:"), "{name}");
+
+    // socat's output, line by line, through a channel so that waiting for it can time out.
+    let stdout = socat.0.stdout.take().expect("piped stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut stdin = socat.0.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(b"hello from socat\n")
+        .expect("write to socat");
+    stdin.flush().expect("flush");
+    b.expect_line(&format!("{name}: hello from socat\n"));
+
+    b.say("hello socat\n");
+    let line = lines.recv_timeout(TIMEOUT).expect("a line from socat");
+    assert_eq!(
+        line.expect("socat output"),
+        format!("{}: hello socat", b.name)
+    );
+
+    // Closing socat's input makes it close the connection and exit.
+    drop(stdin);
+    b.expect_line(&format!("* {name} left\n"));
+    assert!(socat.wait_within(TIMEOUT).success());
+}
+
+#[test]
+fn stopping_the_room_closes_every_connection() {
+    let server = start_chat();
+    let (mut a, mut b, mut c) = three_members(server.addr);
+    server.stop().expect("serve returns Ok when killed");
+    for member in [&mut a, &mut b, &mut c] {
+        let mut rest = String::new();
+        let n = member
+            .reader
+            .read_line(&mut rest)
+            .expect("EOF, not a timeout");
+        assert_eq!(n, 0, "{} read {rest:?} instead of EOF", member.name);
+    }
+}

@@ -1,0 +1,658 @@
+//! The `kv` example: a RESP2 server, driven by std clients, `redis-cli` and `redis-benchmark`.
+
+#[path = "../examples/kv.rs"]
+#[allow(dead_code)]
+mod kv;
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any single read from the server may take before the test fails.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A reply, as a client reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reply {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Reply>),
+}
+
+fn ok() -> Reply {
+    Reply::Simple("OK".to_owned())
+}
+
+fn bulk(value: &[u8]) -> Reply {
+    Reply::Bulk(Some(value.to_vec()))
+}
+
+fn nil() -> Reply {
+    Reply::Bulk(None)
+}
+
+/// A blocking RESP client on a std `TcpStream`, every read bounded by `READ_TIMEOUT`.
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("write to the server");
+    }
+
+    fn read(&mut self) -> Reply {
+        read_reply(&mut self.reader).expect("a reply")
+    }
+
+    /// Sends one command as an array of bulk strings and reads its reply.
+    fn call(&mut self, args: &[&[u8]]) -> Reply {
+        self.send(&encode(args));
+        self.read()
+    }
+
+    /// `call` for arguments that are text.
+    fn cmd(&mut self, line: &str) -> Reply {
+        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+        self.call(&args)
+    }
+
+    /// Asserts that the server closes the connection (after any replies already read).
+    fn expect_closed(&mut self) {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => assert!(
+                rest.is_empty(),
+                "unexpected bytes before the close: {rest:?}"
+            ),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("the server did not close the connection: {e}"),
+        }
+    }
+}
+
+fn encode(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn read_reply(r: &mut impl BufRead) -> io::Result<Reply> {
+    let mut line = Vec::new();
+    r.read_until(b'\n', &mut line)?;
+    let Some(line) = line.strip_suffix(b"\r\n") else {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("a reply line without CRLF: {line:?}"),
+        ));
+    };
+    let text = String::from_utf8_lossy(&line[1..]).into_owned();
+    let number = || text.parse::<i64>().expect("a number");
+    Ok(match line[0] {
+        b'+' => Reply::Simple(text),
+        b'-' => Reply::Error(text),
+        b':' => Reply::Int(number()),
+        b'$' if number() < 0 => Reply::Bulk(None),
+        b'$' => {
+            let mut data = vec![0; number() as usize + 2];
+            r.read_exact(&mut data)?;
+            assert_eq!(&data[data.len() - 2..], b"\r\n");
+            data.truncate(data.len() - 2);
+            Reply::Bulk(Some(data))
+        }
+        b'*' => {
+            let items = (0..number())
+                .map(|_| read_reply(r))
+                .collect::<io::Result<_>>()?;
+            Reply::Array(items)
+        }
+        other => panic!("not a reply type: {:?}", other as char),
+    })
+}
+
+fn is_error(reply: &Reply, starts_with: &str) -> bool {
+    matches!(reply, Reply::Error(e) if e.starts_with(starts_with))
+}
+
+/// Starts a server on a port of its own, with an I/O task of its own.
+fn start() -> (kv::Server, iotask::IoTask) {
+    let iotask = iotask::IoTask::spawn().expect("an I/O task");
+    let server = kv::start("127.0.0.1:0", &iotask).expect("the server starts");
+    (server, iotask)
+}
+
+#[test]
+fn basic_commands_reply_like_redis() {
+    let (server, _iotask) = start();
+    let mut c = Client::connect(server.local_addr());
+
+    assert_eq!(c.cmd("PING"), Reply::Simple("PONG".to_owned()));
+    assert_eq!(c.cmd("ping hi"), bulk(b"hi"));
+    assert_eq!(c.cmd("ECHO hello"), bulk(b"hello"));
+    assert_eq!(c.cmd("GET missing"), nil());
+    assert_eq!(c.cmd("SET k v"), ok());
+    assert_eq!(c.cmd("GET k"), bulk(b"v"));
+    assert_eq!(c.cmd("SET k v2 XX"), ok());
+    assert_eq!(c.cmd("SET k v3 NX"), nil());
+    assert_eq!(c.cmd("GET k"), bulk(b"v2"));
+    assert_eq!(c.cmd("SET fresh x XX"), nil());
+    assert_eq!(c.cmd("EXISTS fresh"), Reply::Int(0));
+    assert_eq!(c.cmd("SET fresh x NX"), ok());
+    assert_eq!(c.cmd("EXISTS k fresh k missing"), Reply::Int(3));
+
+    assert_eq!(c.cmd("INCR n"), Reply::Int(1));
+    assert_eq!(c.cmd("INCR n"), Reply::Int(2));
+    assert_eq!(c.cmd("SET n -10"), ok());
+    assert_eq!(c.cmd("INCR n"), Reply::Int(-9));
+    assert_eq!(c.cmd("SET n 9223372036854775807"), ok());
+    assert!(is_error(
+        &c.cmd("INCR n"),
+        "ERR increment or decrement would overflow"
+    ));
+
+    assert_eq!(c.cmd("MSET a 1 b 2"), ok());
+    assert_eq!(
+        c.cmd("MGET a missing b"),
+        Reply::Array(vec![bulk(b"1"), nil(), bulk(b"2")])
+    );
+    assert_eq!(c.cmd("DBSIZE"), Reply::Int(5));
+    assert_eq!(c.cmd("DEL a b missing a"), Reply::Int(2));
+    assert_eq!(c.cmd("DBSIZE"), Reply::Int(3));
+    assert_eq!(c.cmd("FLUSHDB"), ok());
+    assert_eq!(c.cmd("DBSIZE"), Reply::Int(0));
+    assert_eq!(c.cmd("SET k v"), ok());
+    assert_eq!(c.cmd("FLUSHALL ASYNC"), ok());
+    assert_eq!(c.cmd("GET k"), nil());
+
+    // What redis-benchmark and redis-cli ask at start.
+    assert_eq!(
+        c.cmd("CONFIG GET save"),
+        Reply::Array(vec![bulk(b"save"), bulk(b"")])
+    );
+    assert_eq!(
+        c.cmd("config get appendonly"),
+        Reply::Array(vec![bulk(b"appendonly"), bulk(b"no")])
+    );
+    assert_eq!(c.cmd("CONFIG GET nosuchthing"), Reply::Array(vec![]));
+    assert_eq!(c.cmd("COMMAND DOCS"), Reply::Array(vec![]));
+
+    assert_eq!(c.cmd("QUIT"), ok());
+    c.expect_closed();
+    server.stop().unwrap();
+}
+
+#[test]
+fn errors_keep_the_connection_usable() {
+    let (server, _iotask) = start();
+    let mut c = Client::connect(server.local_addr());
+
+    let reply = c.cmd("NOSUCH a b");
+    assert_eq!(
+        reply,
+        Reply::Error("ERR unknown command 'NOSUCH'".to_owned())
+    );
+    let arity = "ERR wrong number of arguments for 'get' command";
+    assert_eq!(c.cmd("GET"), Reply::Error(arity.to_owned()));
+    assert!(is_error(&c.cmd("GET a b"), "ERR wrong number"));
+    assert!(is_error(&c.cmd("PING a b"), "ERR wrong number"));
+    assert!(is_error(&c.cmd("MSET a 1 b"), "ERR wrong number"));
+    assert!(is_error(&c.cmd("SET k v EX"), "ERR syntax error"));
+    assert!(is_error(
+        &c.cmd("SET k v EX ten"),
+        "ERR value is not an integer"
+    ));
+    assert!(is_error(&c.cmd("SET k v EX 0"), "ERR invalid expire time"));
+    assert!(is_error(&c.cmd("SET k v PX -5"), "ERR invalid expire time"));
+    assert!(is_error(&c.cmd("SET k v NX XX"), "ERR syntax error"));
+    assert!(is_error(&c.cmd("SET k v EX 1 PX 1"), "ERR syntax error"));
+    assert!(is_error(&c.cmd("SET k v BOGUS"), "ERR syntax error"));
+    assert!(is_error(
+        &c.cmd("CONFIG SET save x"),
+        "ERR unknown subcommand"
+    ));
+    assert_eq!(c.cmd("SET word hello"), ok());
+    let not_integer = "ERR value is not an integer or out of range";
+    assert_eq!(c.cmd("INCR word"), Reply::Error(not_integer.to_owned()));
+    assert_eq!(c.cmd("SET spaced 12x"), ok());
+    assert_eq!(c.cmd("INCR spaced"), Reply::Error(not_integer.to_owned()));
+    assert_eq!(c.cmd("GET word"), bulk(b"hello"));
+
+    // A command name with CR and LF inside must not break the error line.
+    let reply = c.call(&[b"bad\r\nname"]);
+    assert_eq!(
+        reply,
+        Reply::Error("ERR unknown command 'bad??name'".to_owned())
+    );
+
+    assert_eq!(c.cmd("PING"), Reply::Simple("PONG".to_owned()));
+    server.stop().unwrap();
+}
+
+#[test]
+fn pipelined_commands_are_answered_in_order() {
+    let (server, _iotask) = start();
+    let mut c = Client::connect(server.local_addr());
+
+    let mut batch = Vec::new();
+    for i in 0..500 {
+        let value = format!("value-{i}");
+        batch.extend(encode(&[
+            b"SET",
+            format!("key-{i}").as_bytes(),
+            value.as_bytes(),
+        ]));
+        batch.extend(encode(&[b"INCR", b"counter"]));
+        batch.extend(encode(&[b"GET", format!("key-{i}").as_bytes()]));
+    }
+    // Inline commands mix with arrays in the same stream.
+    batch.extend_from_slice(b"PING\r\nDBSIZE\n");
+    c.send(&batch);
+
+    for i in 0..500 {
+        assert_eq!(c.read(), ok());
+        assert_eq!(c.read(), Reply::Int(i + 1));
+        assert_eq!(c.read(), bulk(format!("value-{i}").as_bytes()));
+    }
+    assert_eq!(c.read(), Reply::Simple("PONG".to_owned()));
+    assert_eq!(c.read(), Reply::Int(501));
+    server.stop().unwrap();
+}
+
+#[test]
+fn inline_commands_work_as_typed_by_hand() {
+    let (server, _iotask) = start();
+    let mut c = Client::connect(server.local_addr());
+
+    c.send(b"PING\r\n");
+    assert_eq!(c.read(), Reply::Simple("PONG".to_owned()));
+    // Blank lines are ignored; LF alone ends a line; runs of spaces and tabs separate words.
+    c.send(b"\r\n\nSET  greeting \thello\nGET greeting\r\n");
+    assert_eq!(c.read(), ok());
+    assert_eq!(c.read(), bulk(b"hello"));
+    server.stop().unwrap();
+}
+
+#[test]
+fn commands_split_byte_by_byte_are_reassembled() {
+    let (server, _iotask) = start();
+    let mut c = Client::connect(server.local_addr());
+
+    let value = b"split\r\nvalue\0with\xffbytes";
+    let mut stream = encode(&[b"SET", b"key", value]);
+    stream.extend(encode(&[b"GET", b"key"]));
+    stream.extend_from_slice(b"ECHO inline\r\n");
+    let (last, most) = stream.split_last().unwrap();
+    for byte in most {
+        c.send(std::slice::from_ref(byte));
+    }
+    // Until the last byte, only the complete commands have been answered.
+    assert_eq!(c.read(), ok());
+    assert_eq!(c.read(), bulk(value));
+    c.writer
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut early = [0u8; 1];
+    let nothing = c.reader.read(&mut early);
+    assert!(
+        matches!(&nothing, Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)),
+        "a reply came before the command was complete: {nothing:?}"
+    );
+    c.writer.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    c.send(std::slice::from_ref(last));
+    assert_eq!(c.read(), bulk(b"inline"));
+    server.stop().unwrap();
+}
+
+#[test]
+fn values_and_keys_are_binary_safe() {
+    let (server, _iotask) = start();
+    let mut c = Client::connect(server.local_addr());
+
+    let every_byte: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let key = b"key\r\n\0*$3\r\n";
+    assert_eq!(c.call(&[b"SET", key, &every_byte]), ok());
+    assert_eq!(c.call(&[b"GET", key]), bulk(&every_byte));
+    assert_eq!(c.call(&[b"SET", b"crlf", b"\r\n"]), ok());
+    assert_eq!(c.call(&[b"SET", b"empty", b""]), ok());
+    assert_eq!(
+        c.call(&[b"MGET", b"crlf", b"empty", key]),
+        Reply::Array(vec![bulk(b"\r\n"), bulk(b""), bulk(&every_byte)])
+    );
+    assert_eq!(c.call(&[b"ECHO", b"\0\r\n\0"]), bulk(b"\0\r\n\0"));
+    server.stop().unwrap();
+}
+
+#[test]
+fn keys_expire() {
+    let (server, _iotask) = start();
+    let mut c = Client::connect(server.local_addr());
+
+    // Set first, so it expires no later than `short`.
+    assert_eq!(c.cmd("SET short-lived-counter 5 PX 50"), ok());
+    assert_eq!(c.cmd("SET short v PX 50"), ok());
+    assert_eq!(c.cmd("SET long v EX 100"), ok());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.cmd("GET short") != nil() {
+        assert!(Instant::now() < deadline, "the key did not expire");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The untouched key has expired too: by the sweep, or when DBSIZE counts.
+    assert_eq!(c.cmd("EXISTS short-lived-counter"), Reply::Int(0));
+    assert_eq!(c.cmd("INCR short-lived-counter"), Reply::Int(1));
+    assert_eq!(c.cmd("GET long"), bulk(b"v"));
+    assert_eq!(c.cmd("DBSIZE"), Reply::Int(2));
+
+    // A plain SET clears the expiry time; INCR keeps it.
+    assert_eq!(c.cmd("SET kept 1 PX 50"), ok());
+    assert_eq!(c.cmd("SET kept 1"), ok());
+    assert_eq!(c.cmd("SET counted 1 PX 300"), ok());
+    assert_eq!(c.cmd("INCR counted"), Reply::Int(2));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.cmd("EXISTS counted") != Reply::Int(0) {
+        assert!(Instant::now() < deadline, "INCR dropped the expiry time");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(c.cmd("GET kept"), bulk(b"1"));
+    server.stop().unwrap();
+}
+
+#[test]
+fn the_sweep_removes_keys_nobody_touches() {
+    let mut store = kv::store::Store::new();
+    let mut out = Vec::new();
+    let set = |store: &mut kv::store::Store, out: &mut Vec<u8>, key: &str, ttl: &str| {
+        let args: Vec<Vec<u8>> = ["SET", key, "v", "PX", ttl]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        store.execute(&args, out);
+    };
+    set(&mut store, &mut out, "soon", "100000");
+    set(&mut store, &mut out, "later", "1000000");
+    // Sweep as if 200 s had passed: only `soon` is due. DBSIZE, which sweeps at the real
+    // time, would have kept it.
+    assert!(store.sweep(Instant::now() + Duration::from_secs(200)));
+    out.clear();
+    store.execute(&[b"DBSIZE".to_vec()], &mut out);
+    assert_eq!(out, b":1\r\n");
+}
+
+#[test]
+fn malformed_frames_get_an_error_and_a_close_and_spare_other_clients() {
+    let (server, _iotask) = start();
+    let mut bystander = Client::connect(server.local_addr());
+    assert_eq!(bystander.cmd("SET safe yes"), ok());
+
+    let long_line = vec![b'a'; 64 * 1024 + 1];
+    let cases: &[(&[u8], &str)] = &[
+        (b"*abc\r\n", "invalid multibulk length"),
+        (b"*2\r\n$3\r\nGET\r\n:1\r\n", "expected '$', got ':'"),
+        (
+            b"*1\r\n$3\r\nGETX\r\n",
+            "bulk string longer than its length",
+        ),
+        (b"*1\r\n$-5\r\n", "invalid bulk length"),
+        (b"*1\r\n$600000000\r\n", "invalid bulk length"),
+        (b"*99999999999\r\n", "invalid multibulk length"),
+        (b"*1\rX", "expected CRLF"),
+        (&long_line, "too big inline request"),
+    ];
+    for (frame, message) in cases {
+        let mut c = Client::connect(server.local_addr());
+        // A valid command before the bad frame is still answered.
+        let mut bytes = b"PING\r\n".to_vec();
+        bytes.extend_from_slice(frame);
+        c.send(&bytes);
+        assert_eq!(c.read(), Reply::Simple("PONG".to_owned()));
+        let expected = format!("ERR Protocol error: {message}");
+        assert_eq!(c.read(), Reply::Error(expected), "for {frame:?}");
+        c.expect_closed();
+    }
+
+    assert_eq!(bystander.cmd("GET safe"), bulk(b"yes"));
+    assert_eq!(bystander.cmd("PING"), Reply::Simple("PONG".to_owned()));
+    server.stop().unwrap();
+}
+
+#[test]
+fn concurrent_clients_see_one_consistent_store() {
+    let (server, _iotask) = start();
+    let addr = server.local_addr();
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for i in 0..200 {
+                    assert!(matches!(c.cmd("INCR shared"), Reply::Int(_)));
+                    let key = format!("w{w}-{i}");
+                    assert_eq!(c.call(&[b"SET", key.as_bytes(), b"x"]), ok());
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("a worker failed");
+    }
+    let mut c = Client::connect(addr);
+    assert_eq!(c.cmd("GET shared"), bulk(b"1600"));
+    assert_eq!(c.cmd("DBSIZE"), Reply::Int(1601));
+    server.stop().unwrap();
+}
+
+#[test]
+fn stopping_closes_every_client_and_frees_the_port() {
+    let (server, _iotask) = start();
+    let addr = server.local_addr();
+    let mut c = Client::connect(addr);
+    assert_eq!(c.cmd("PING"), Reply::Simple("PONG".to_owned()));
+    server.stop().unwrap();
+    c.expect_closed();
+    // The port is free again: a new server can take it.
+    let iotask = iotask::IoTask::spawn().unwrap();
+    let again = kv::start(&addr.to_string(), &iotask).expect("the port is free");
+    assert_eq!(again.local_addr(), addr);
+    again.stop().unwrap();
+}
+
+#[test]
+fn a_port_in_use_is_reported() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let iotask = iotask::IoTask::spawn().unwrap();
+    let err = kv::start(&taken.local_addr().unwrap().to_string(), &iotask).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+}
+
+// ---- Real clients ---------------------------------------------------------------------------
+
+/// Whether `tool` can run; when it cannot, skips loudly, or fails under CI.
+fn have(tool: &str, package: &str) -> bool {
+    match Command::new(tool).arg("--version").output() {
+        Ok(_) => true,
+        Err(_) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{tool} missing in CI")
+        }
+        Err(_) => {
+            eprintln!("SKIPPED: {tool} not installed (apt-get install {package})");
+            false
+        }
+    }
+}
+
+/// Runs a command with `stdin`, killing it if it runs past `limit`.
+fn run(command: &mut Command, stdin: Stdio, limit: Duration) -> Output {
+    let mut child = command
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Drain the pipes on threads so that a chatty child cannot block on a full pipe.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} ran longer than {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+fn redis_cli(addr: SocketAddr, args: &[&str], stdin: Stdio) -> Vec<u8> {
+    let output = run(
+        Command::new("redis-cli")
+            .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+            .args(args),
+        stdin,
+        Duration::from_secs(30),
+    );
+    assert!(output.status.success(), "redis-cli {args:?}: {output:?}");
+    output.stdout
+}
+
+#[test]
+fn redis_cli_round_trips_values() {
+    if !have("redis-cli", "redis-tools") {
+        return;
+    }
+    let (server, _iotask) = start();
+    let addr = server.local_addr();
+
+    assert_eq!(redis_cli(addr, &["PING"], Stdio::null()), b"PONG\n");
+    assert_eq!(
+        redis_cli(addr, &["SET", "greeting", "hello world"], Stdio::null()),
+        b"OK\n"
+    );
+    assert_eq!(
+        redis_cli(addr, &["GET", "greeting"], Stdio::null()),
+        b"hello world\n"
+    );
+
+    // A binary value through -x (the value is read from stdin), byte for byte.
+    let dir = std::env::temp_dir().join(format!("iotask-kv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("value.bin");
+    let value: Vec<u8> = (0..=255u8).chain(*b"\r\n\0end\r\n").collect();
+    std::fs::write(&path, &value).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    assert_eq!(
+        redis_cli(addr, &["-x", "SET", "blob"], file.into()),
+        b"OK\n"
+    );
+    // Not on a terminal, redis-cli prints the raw value and a newline.
+    let mut expected = value.clone();
+    expected.push(b'\n');
+    assert_eq!(redis_cli(addr, &["GET", "blob"], Stdio::null()), expected);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    assert_eq!(redis_cli(addr, &["INCR", "hits"], Stdio::null()), b"1\n");
+    assert_eq!(redis_cli(addr, &["INCR", "hits"], Stdio::null()), b"2\n");
+    assert_eq!(redis_cli(addr, &["DBSIZE"], Stdio::null()), b"3\n");
+    assert_eq!(
+        redis_cli(addr, &["DEL", "hits", "blob", "nothing"], Stdio::null()),
+        b"2\n"
+    );
+    assert_eq!(redis_cli(addr, &["DBSIZE"], Stdio::null()), b"1\n");
+    let error = redis_cli(addr, &["INCR", "greeting"], Stdio::null());
+    assert_eq!(
+        String::from_utf8_lossy(&error).trim_end(),
+        "ERR value is not an integer or out of range"
+    );
+    server.stop().unwrap();
+}
+
+/// Runs redis-benchmark and checks that every test completed without an error.
+fn benchmark(addr: SocketAddr, extra: &[&str]) -> String {
+    let output = run(
+        Command::new("redis-benchmark")
+            .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+            .args(["-t", "ping,set,get", "-c", "50", "-q"])
+            .args(extra),
+        Stdio::null(),
+        Duration::from_secs(300),
+    );
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let errors = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "redis-benchmark failed: {output:?}"
+    );
+    // Progress lines end in CR; the results end in LF.
+    let lines: Vec<&str> = text.split(['\r', '\n']).map(str::trim).collect();
+    for line in lines
+        .iter()
+        .chain(errors.lines().collect::<Vec<_>>().iter())
+    {
+        assert!(
+            !line.contains("ERR") && !line.to_lowercase().contains("error"),
+            "redis-benchmark reported an error: {line}"
+        );
+    }
+    let mut results = String::new();
+    for test in ["PING_INLINE", "PING_MBULK", "SET", "GET"] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{test}: ")) && l.contains("requests per second"))
+            .unwrap_or_else(|| panic!("no result for {test} in {text:?}"));
+        let rate: f64 = line[test.len() + 2..]
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("a rate");
+        assert!(rate > 0.0, "{line}");
+        results.push_str(line);
+        results.push('\n');
+    }
+    results
+}
+
+#[test]
+fn redis_benchmark_completes_without_errors() {
+    if !have("redis-benchmark", "redis-tools") {
+        return;
+    }
+    let (server, _iotask) = start();
+    let pipelined = benchmark(server.local_addr(), &["-n", "100000", "-P", "16"]);
+    eprintln!("redis-benchmark -P 16:\n{pipelined}");
+    let one_by_one = benchmark(server.local_addr(), &["-n", "20000"]);
+    eprintln!("redis-benchmark without pipelining:\n{one_by_one}");
+    server.stop().unwrap();
+}
