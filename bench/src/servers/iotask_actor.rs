@@ -1,0 +1,57 @@
+//! iotask's many-sockets-one-actor mode: the listener hands each accepted socket to one
+//! actor thread, which attaches it to its `Mailbox` and echoes every `Event::Data`.
+
+use std::collections::HashMap;
+use std::io;
+use std::time::Duration;
+
+use iotask::tcp::{self, TcpSocket};
+use iotask::{Event, IoTask, Mailbox, SocketId};
+
+pub(super) fn serve(addr: &str, spin: Option<Duration>) -> io::Result<()> {
+    let iotask = match spin {
+        Some(spin) => IoTask::builder().spin(spin).spawn()?,
+        None => iotask::global(),
+    };
+    let mailbox: Mailbox<TcpSocket> = Mailbox::new();
+    let sender = mailbox.sender();
+    std::thread::Builder::new()
+        .name("echo-actor".into())
+        .spawn(move || actor(mailbox))?;
+    tcp::listen(
+        addr,
+        1024,
+        &iotask,
+        |kill| super::announce(kill.local_addr()),
+        move |new_conn, _kill| match tcp::accept(new_conn) {
+            Ok(sock) => {
+                // The actor lives as long as the process; a failed send cannot happen.
+                let _ = sender.send(sock);
+            }
+            Err(e) => eprintln!("iotask-actor: accept: {e}"),
+        },
+    )
+    .map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// Owns every connection: attaches new ones, echoes data, forgets closed ones.
+fn actor(mut mailbox: Mailbox<TcpSocket>) {
+    let mut sockets: HashMap<SocketId, TcpSocket> = HashMap::new();
+    loop {
+        match mailbox.recv() {
+            Event::Message(sock) => {
+                if sock.attach(&mailbox).is_ok() {
+                    sockets.insert(sock.id(), sock);
+                }
+            }
+            Event::Data { socket, data } => {
+                if let Some(sock) = sockets.get(&socket) {
+                    drop(sock.write_future(data));
+                }
+            }
+            Event::Closed { socket, .. } => {
+                sockets.remove(&socket);
+            }
+        }
+    }
+}

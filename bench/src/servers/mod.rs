@@ -1,0 +1,145 @@
+//! The echo servers under test, one per peer, each run in its own child process.
+//!
+//! Every server binds the address it is given, prints the bound address on a line of its
+//! own on stdout, then echoes every byte back on every connection until it is killed.
+//! Each is written the way its stack's documentation teaches. All of them set
+//! `TCP_NODELAY` on accepted connections (iotask does so itself), and the ones that read
+//! into a buffer of their own use [`ECHO_BUFFER`] bytes, the size of iotask's default read
+//! buffer, so that the comparison is about the I/O model rather than Nagle's algorithm or
+//! buffer sizes.
+
+mod iotask_actor;
+mod iotask_ports;
+mod mio_floor;
+mod std_threads;
+mod tokio_echo;
+
+use std::fmt;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+/// Bytes read at most per `read` call by the tokio, std and mio servers: 64 KiB, as
+/// iotask's default `read_buffer`.
+pub const ECHO_BUFFER: usize = 64 * 1024;
+
+/// A server implementation under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Peer {
+    /// iotask, a thread per connection reading a port and writing with `write_future`.
+    IotaskPorts,
+    /// iotask, one actor thread owning every socket through a `Mailbox`.
+    IotaskActor,
+    /// As `IotaskActor`, on an I/O task built with a 50 µs spin before it sleeps.
+    IotaskActorSpin,
+    /// tokio, current-thread runtime, a task per connection.
+    TokioCt,
+    /// tokio, multi-thread runtime with 2 workers, a task per connection.
+    TokioMt,
+    /// A single-thread edge-triggered mio loop: the syscall floor.
+    Mio,
+    /// std, a blocking thread per connection.
+    StdThreads,
+}
+
+impl Peer {
+    /// Every peer, in table order.
+    pub const ALL: [Peer; 7] = [
+        Peer::IotaskPorts,
+        Peer::IotaskActor,
+        Peer::IotaskActorSpin,
+        Peer::TokioCt,
+        Peer::TokioMt,
+        Peer::Mio,
+        Peer::StdThreads,
+    ];
+
+    /// The name used on the command line and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::IotaskPorts => "iotask-ports",
+            Peer::IotaskActor => "iotask-actor",
+            Peer::IotaskActorSpin => "iotask-actor-spin",
+            Peer::TokioCt => "tokio-ct",
+            Peer::TokioMt => "tokio-mt",
+            Peer::Mio => "mio",
+            Peer::StdThreads => "std-threads",
+        }
+    }
+
+    /// One line saying what the server is.
+    pub fn description(self) -> &'static str {
+        match self {
+            Peer::IotaskPorts => {
+                "iotask: a thread per connection, `read_start` port, `drop(write_future(chunk))`"
+            }
+            Peer::IotaskActor => {
+                "iotask: one actor thread owns every socket through a `Mailbox`, echoes `Event::Data` with `write_future`"
+            }
+            Peer::IotaskActorSpin => {
+                "as iotask-actor, I/O task built with `Builder::spin(50 µs)` (opt-in low latency)"
+            }
+            Peer::TokioCt => {
+                "tokio current_thread runtime, a task per connection: `read_buf` into a 64 KiB buffer, `write_all`"
+            }
+            Peer::TokioMt => "tokio multi-thread runtime (2 workers), same handler as tokio-ct",
+            Peer::Mio => {
+                "raw mio, one thread, edge-triggered: read until drained (WouldBlock or a short read), write at once, keep leftovers"
+            }
+            Peer::StdThreads => {
+                "std: a blocking thread per connection: `read` into a 64 KiB buffer, `write_all`"
+            }
+        }
+    }
+
+    /// Whether this peer belongs to the library under test.
+    pub fn is_iotask(self) -> bool {
+        matches!(
+            self,
+            Peer::IotaskPorts | Peer::IotaskActor | Peer::IotaskActorSpin
+        )
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Peer {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Peer, String> {
+        Peer::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Peer::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown peer {s:?}; known: {}", names.join(", "))
+            })
+    }
+}
+
+/// Runs `peer`'s echo server on `addr` until the process is killed.
+pub fn serve(peer: Peer, addr: &str) -> io::Result<()> {
+    match peer {
+        Peer::IotaskPorts => iotask_ports::serve(addr),
+        Peer::IotaskActor => iotask_actor::serve(addr, None),
+        Peer::IotaskActorSpin => {
+            iotask_actor::serve(addr, Some(std::time::Duration::from_micros(50)))
+        }
+        Peer::TokioCt => tokio_echo::serve(addr, None),
+        Peer::TokioMt => tokio_echo::serve(addr, Some(2)),
+        Peer::Mio => mio_floor::serve(addr),
+        Peer::StdThreads => std_threads::serve(addr),
+    }
+}
+
+/// Tells the harness where the server listens: the bound address, alone on a line.
+fn announce(addr: SocketAddr) {
+    let mut out = io::stdout().lock();
+    // The harness is gone if this fails; the server will be killed anyway.
+    let _ = writeln!(out, "{addr}");
+    let _ = out.flush();
+}
