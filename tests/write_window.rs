@@ -69,7 +69,10 @@ fn a_client_that_never_reads_is_throttled_by_the_write_window() {
     let sent = flood(&mut client, limit);
     // Kernel buffers on both sides plus one read window and one write window: far below
     // what an unbounded queue would take.
-    assert!(sent < 48 * 1024 * 1024, "the server queued {sent} bytes for a peer that never reads");
+    assert!(
+        sent < 48 * 1024 * 1024,
+        "the server queued {sent} bytes for a peer that never reads"
+    );
 
     // Reading the echoes lets the flood go on.
     client.set_nonblocking(false).unwrap();
@@ -93,10 +96,16 @@ fn without_a_window_the_queue_grows_and_queued_bytes_shows_it() {
 
     // Connected sockets have no window: reading goes on while 32 MiB wait to be written.
     let port = sock.read_start().unwrap();
-    let writes: Vec<_> = (0..32).map(|_| sock.write_future(vec![1u8; 1024 * 1024])).collect();
+    let writes: Vec<_> = (0..32)
+        .map(|_| sock.write_future(vec![1u8; 1024 * 1024]))
+        .collect();
     let deadline = Instant::now() + WAIT;
     while sock.queued_bytes() < 16 * 1024 * 1024 {
-        assert!(Instant::now() < deadline, "queued_bytes stayed at {}", sock.queued_bytes());
+        assert!(
+            Instant::now() < deadline,
+            "queued_bytes stayed at {}",
+            sock.queued_bytes()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     peer.write_all(b"still reading").unwrap();
@@ -105,7 +114,11 @@ fn without_a_window_the_queue_grows_and_queued_bytes_shows_it() {
     // With a window, the socket stops being read until the queue drains to half of it.
     sock.set_write_window(Some(1024 * 1024)).unwrap();
     peer.write_all(b"held back").unwrap();
-    assert!(port.recv_timeout(Duration::from_millis(300)).unwrap_err().is_timeout());
+    assert!(
+        port.recv_timeout(Duration::from_millis(300))
+            .unwrap_err()
+            .is_timeout()
+    );
     let reader = std::thread::spawn(move || {
         let mut sink = vec![0u8; 1024 * 1024];
         let mut total = 0;

@@ -118,7 +118,7 @@ impl ProcSample {
     }
 }
 
-/// Parses utime + stime (fields 14 and 15) out of a /proc/<pid>/stat line.
+/// Parses utime + stime (fields 14 and 15) out of a `/proc/<pid>/stat` line.
 fn cpu_from_stat(stat: &str) -> Option<Duration> {
     // The command name (field 2) is in parentheses and may hold spaces; skip past it.
     let rest = &stat[stat.rfind(')')? + 1..];

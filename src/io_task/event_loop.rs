@@ -826,6 +826,11 @@ impl EventLoop {
             return;
         }
         if let Some(Entry::Socket(s)) = self.get(key) {
+            // Before anyone hears of the close: from here on, writers see the socket closed
+            // instead of writing to it directly.
+            s.queued.store(QUEUED_CLOSED, Ordering::SeqCst);
+            s.queued_here = 0;
+            let _ = s.reg.socket().shutdown(std::net::Shutdown::Both);
             if !s.writes.is_empty() {
                 self.fail_writes(key, error.clone());
             }
@@ -836,11 +841,7 @@ impl EventLoop {
             }
         }
         match self.entries.remove(key.index) {
-            Entry::Socket(s) => {
-                let _ = s.reg.socket().shutdown(std::net::Shutdown::Both);
-                s.queued.store(QUEUED_CLOSED, Ordering::SeqCst);
-                drop(s);
-            }
+            Entry::Socket(s) => drop(s),
             Entry::Listener(l) => {
                 let _ = l.events.send(ListenEvent::Stopped(error));
             }
