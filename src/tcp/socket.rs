@@ -2,8 +2,8 @@
 
 use std::fmt;
 use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use socket2::Socket;
@@ -52,9 +52,6 @@ pub struct TcpSocket {
     socket: Arc<Socket>,
     /// Bytes handed to `write_future` and not yet in the kernel (see `queued_bytes`).
     queued: Arc<AtomicUsize>,
-    /// Serialises this socket's writers on the user side: a writer checks that nothing is
-    /// queued, writes directly, and queues the rest, with no other writer in between.
-    write_lock: Mutex<()>,
 }
 
 /// An incoming connection, handed to `listen`'s `new_connect` callback.
@@ -112,7 +109,6 @@ impl TcpSocket {
             task,
             socket,
             queued,
-            write_lock: Mutex::new(()),
         }
     }
 
@@ -250,30 +246,7 @@ impl TcpSocket {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn write_future(&self, data: impl Into<Vec<u8>>) -> WriteFuture {
-        let mut data = data.into();
-        let _writer = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let queued = self.queued.load(Ordering::SeqCst);
-        if self.task.stopped.load(Ordering::SeqCst) {
-            return WriteFuture::ready(Err(TcpError::shutdown()));
-        }
-        if queued & QUEUED_CLOSED != 0 {
-            return WriteFuture::ready(Err(TcpError::closed()));
-        }
-        if queued == 0 && !data.is_empty() {
-            // Nothing is queued or on its way to the I/O task, so every earlier write is in
-            // the kernel: this one may go straight there, saving the I/O thread a wake-up.
-            // What the kernel does not take is queued behind it, as any other write.
-            match self.socket.send_with_flags(&data, libc::MSG_NOSIGNAL) {
-                Ok(n) if n == data.len() => return WriteFuture::ready(Ok(())),
-                Ok(n) => drop(data.drain(..n)),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => return WriteFuture::ready(Err(TcpError::from(e))),
-            }
-        }
+        let data = data.into();
         let len = data.len();
         let (done, rx) = oneshot::channel();
         self.queued.fetch_add(len, Ordering::SeqCst);
