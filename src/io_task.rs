@@ -4,6 +4,7 @@ pub(crate) mod command;
 pub(crate) mod entry;
 pub(crate) mod event_loop;
 pub(crate) mod registration;
+pub(crate) mod sys;
 
 use std::fmt;
 use std::io;
@@ -12,10 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
-use polling::Poller;
-
 use crate::io_task::command::Command;
 use crate::io_task::event_loop::EventLoop;
+use crate::io_task::sys::Poller;
 use crate::tcp::TcpError;
 
 /// A handle to an I/O task: one thread that owns an event loop and every socket and

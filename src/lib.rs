@@ -3,7 +3,7 @@
 //!
 //! # Bird's eye
 //!
-//! An [`IoTask`] is a dedicated thread running an event loop (the `polling` crate) over a
+//! An [`IoTask`] is a dedicated thread running an event loop (epoll, level-triggered) over a
 //! slab of every listener and socket created on it. User threads never wait on a file
 //! descriptor: they send the I/O task commands and receive results on channels.
 //!

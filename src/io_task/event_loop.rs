@@ -7,12 +7,10 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{self, IoSlice, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use polling::Events;
 use slab::Slab;
 use socket2::Socket;
 
@@ -22,6 +20,7 @@ use crate::io_task::entry::{
     Sink, SocketEntry, next_id,
 };
 use crate::io_task::registration::{Interest, Registration};
+use crate::io_task::sys::{Events, accept_nonblocking};
 use crate::io_task::{Config, Shared};
 use crate::tcp::server::{ConnectionGuard, ListenerState};
 use crate::tcp::{ListenEvent, NewConnection, TcpError};
@@ -77,7 +76,7 @@ impl EventLoop {
     }
 
     pub(crate) fn run(mut self) {
-        let mut events = Events::new();
+        let mut events = Events::with_capacity(1024);
         while !self.stopping {
             self.drain_commands();
             if self.stopping {
@@ -86,7 +85,6 @@ impl EventLoop {
             self.flush_dirty();
             self.send_outbox();
 
-            events.clear();
             let timeout = self.next_timeout();
             self.wait(&mut events, timeout);
             for event in events.iter() {
@@ -124,8 +122,8 @@ impl EventLoop {
             Some(Duration::ZERO)
         };
         if shared.poller.wait(events, timeout).is_err() {
-            // `polling` retries EINTR itself; anything else is a broken poller. Sleep briefly
-            // so that a persistent failure cannot turn into a busy loop.
+            // A signal ends the wait without an error; anything else is a broken poller.
+            // Sleep briefly so that a persistent failure cannot turn into a busy loop.
             std::thread::sleep(Duration::from_millis(1));
         }
         shared.sleeping.store(false, Ordering::SeqCst);
@@ -988,25 +986,4 @@ fn refuse(sink: Sink, error: TcpError) {
     if let Sink::Once { tx, .. } = sink {
         let _ = tx.send(Err(error));
     }
-}
-
-/// `accept4` with `SOCK_NONBLOCK | SOCK_CLOEXEC`: one system call for what std and socket2
-/// do in three.
-fn accept_nonblocking(listener: &Socket) -> io::Result<Socket> {
-    // SAFETY: `accept4` with null address pointers only reads the listening descriptor,
-    // which `listener` keeps open for the duration of the call.
-    let fd = unsafe {
-        libc::accept4(
-            listener.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `accept4` returned a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    Ok(Socket::from(fd))
 }

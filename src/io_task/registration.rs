@@ -1,24 +1,13 @@
 //! The only place that registers descriptors with the poller, and the only `unsafe` code of
 //! the event loop.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 
-use polling::{Event, PollMode, Poller};
 use socket2::Socket;
 
-/// What a registration asks the poller to report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Interest {
-    pub(crate) read: bool,
-    pub(crate) write: bool,
-}
-
-impl Interest {
-    fn is_empty(self) -> bool {
-        !self.read && !self.write
-    }
-}
+pub(crate) use crate::io_task::sys::Interest;
+use crate::io_task::sys::Poller;
 
 /// A socket together with its (possible) registration in the loop's poller.
 ///
@@ -65,15 +54,13 @@ impl Registration {
         if self.interest() == want {
             return Ok(());
         }
-        let event = Event::new(self.key, want.read, want.write);
         match (self.interest, want.is_empty()) {
             (Some(_), true) => {
                 self.interest = None;
-                self.poller.delete(&*self.socket)?;
+                self.poller.delete(self.socket.as_fd())?;
             }
             (Some(_), false) => {
-                self.poller
-                    .modify_with_mode(&*self.socket, event, PollMode::Level)?;
+                self.poller.modify(self.socket.as_fd(), self.key, want)?;
                 self.interest = Some(want);
             }
             (None, false) => {
@@ -81,8 +68,7 @@ impl Registration {
                 // owns a reference to it, and `Drop` deletes it from the poller before that
                 // reference is released (see the type's invariant).
                 unsafe {
-                    self.poller
-                        .add_with_mode(self.socket.as_raw_fd(), event, PollMode::Level)?;
+                    self.poller.add(self.socket.as_raw_fd(), self.key, want)?;
                 }
                 self.interest = Some(want);
             }
@@ -97,7 +83,7 @@ impl Drop for Registration {
         if self.interest.take().is_some() {
             // Errors are ignored: a destructor must not panic, and the descriptor is about to
             // be released either way.
-            let _ = self.poller.delete(&*self.socket);
+            let _ = self.poller.delete(self.socket.as_fd());
         }
     }
 }
