@@ -230,6 +230,18 @@ impl Run {
                 bound: 1.0,
             },
             Target {
+                what: "S2 msg/s ≥ 1.0× tokio-mt (issue 4, for iotask-pool)",
+                scenario: Scenario::S2,
+                reference: Peer::TokioMt,
+                bound: 1.0,
+            },
+            Target {
+                what: "S7 msg/s ≥ 1.0× tokio-mt (issue 4, for iotask-pool)",
+                scenario: Scenario::S7,
+                reference: Peer::TokioMt,
+                bound: 1.0,
+            },
+            Target {
                 what: "S1 p50 ≤ 1.2× tokio-ct (spin: ≤ 1.0×)",
                 scenario: Scenario::S1,
                 reference: Peer::TokioCt,

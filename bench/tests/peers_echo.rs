@@ -8,10 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const PEERS: [&str; 7] = [
+const PEERS: [&str; 8] = [
     "iotask-ports",
     "iotask-actor",
     "iotask-actor-spin",
+    "iotask-pool",
     "tokio-ct",
     "tokio-mt",
     "mio",

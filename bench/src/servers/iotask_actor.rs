@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::io;
 use std::time::Duration;
 
-use iotask::tcp::{self, TcpSocket};
-use iotask::{Event, IoTask, Mailbox, SocketId};
+use iotask::tcp::{self, ListenOptions, TcpSocket};
+use iotask::{Event, IoPool, IoTask, Mailbox, SocketId};
 
 pub(super) fn serve(addr: &str, spin: Option<Duration>) -> io::Result<()> {
     let iotask = match spin {
@@ -29,6 +29,35 @@ pub(super) fn serve(addr: &str, spin: Option<Duration>) -> io::Result<()> {
                 let _ = sender.send(sock);
             }
             Err(e) => eprintln!("iotask-actor: accept: {e}"),
+        },
+    )
+    .map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// The same actors on an `IoPool`: one `SO_REUSEPORT` listener per I/O task
+/// (`listen_on_pool`), and one actor per I/O task, connections dealt out in turn.
+pub(super) fn serve_pool(addr: &str, loops: usize) -> io::Result<()> {
+    let pool = IoPool::spawn(loops)?;
+    let mut actors = Vec::new();
+    for i in 0..loops {
+        let mailbox: Mailbox<TcpSocket> = Mailbox::new();
+        actors.push(mailbox.sender());
+        std::thread::Builder::new()
+            .name(format!("echo-actor-{i}"))
+            .spawn(move || actor(mailbox))?;
+    }
+    let mut next = 0;
+    tcp::listen_on_pool(
+        addr,
+        &ListenOptions::new().backlog(1024),
+        &pool,
+        |kill| super::announce(kill.local_addr()),
+        move |new_conn, _kill| match tcp::accept(new_conn) {
+            Ok(sock) => {
+                let _ = actors[next % actors.len()].send(sock);
+                next += 1;
+            }
+            Err(e) => eprintln!("iotask-pool: accept: {e}"),
         },
     )
     .map_err(|e| io::Error::other(e.to_string()))

@@ -32,6 +32,8 @@ pub enum Peer {
     IotaskActor,
     /// As `IotaskActor`, on an I/O task built with a 50 µs spin before it sleeps.
     IotaskActorSpin,
+    /// As `IotaskActor`, on a pool of 2 I/O tasks with one actor each.
+    IotaskPool,
     /// tokio, current-thread runtime, a task per connection.
     TokioCt,
     /// tokio, multi-thread runtime with 2 workers, a task per connection.
@@ -44,10 +46,11 @@ pub enum Peer {
 
 impl Peer {
     /// Every peer, in table order.
-    pub const ALL: [Peer; 7] = [
+    pub const ALL: [Peer; 8] = [
         Peer::IotaskPorts,
         Peer::IotaskActor,
         Peer::IotaskActorSpin,
+        Peer::IotaskPool,
         Peer::TokioCt,
         Peer::TokioMt,
         Peer::Mio,
@@ -60,6 +63,7 @@ impl Peer {
             Peer::IotaskPorts => "iotask-ports",
             Peer::IotaskActor => "iotask-actor",
             Peer::IotaskActorSpin => "iotask-actor-spin",
+            Peer::IotaskPool => "iotask-pool",
             Peer::TokioCt => "tokio-ct",
             Peer::TokioMt => "tokio-mt",
             Peer::Mio => "mio",
@@ -79,6 +83,9 @@ impl Peer {
             Peer::IotaskActorSpin => {
                 "as iotask-actor, I/O task built with `Builder::spin(50 µs)` (opt-in low latency)"
             }
+            Peer::IotaskPool => {
+                "as iotask-actor on an `IoPool` of 2 I/O tasks (`listen_on_pool`, one `SO_REUSEPORT` listener each), one actor per task"
+            }
             Peer::TokioCt => {
                 "tokio current_thread runtime, a task per connection: `read_buf` into a 64 KiB buffer, `write_all`"
             }
@@ -96,7 +103,7 @@ impl Peer {
     pub fn is_iotask(self) -> bool {
         matches!(
             self,
-            Peer::IotaskPorts | Peer::IotaskActor | Peer::IotaskActorSpin
+            Peer::IotaskPorts | Peer::IotaskActor | Peer::IotaskActorSpin | Peer::IotaskPool
         )
     }
 }
@@ -129,6 +136,7 @@ pub fn serve(peer: Peer, addr: &str) -> io::Result<()> {
         Peer::IotaskActorSpin => {
             iotask_actor::serve(addr, Some(std::time::Duration::from_micros(50)))
         }
+        Peer::IotaskPool => iotask_actor::serve_pool(addr, 2),
         Peer::TokioCt => tokio_echo::serve(addr, None),
         Peer::TokioMt => tokio_echo::serve(addr, Some(2)),
         Peer::Mio => mio_floor::serve(addr),
