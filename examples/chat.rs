@@ -32,6 +32,12 @@ use iotask::{Event, IoTask, Mailbox, SocketId};
 /// grow the room's memory.
 pub const MAX_LINE: usize = 4096;
 
+/// A member with more than this many bytes waiting to be written to it is dropped: it does
+/// not read, and the room must not queue lines for it without bound. It is well above what
+/// one turn of the room can queue for a member that does read (the room's mailbox holds at
+/// most 4 MiB of input), so only a member that stopped reading reaches it.
+pub const MAX_BACKLOG: usize = 16 * 1024 * 1024;
+
 /// What the listener tells the room.
 #[derive(Debug)]
 pub enum Command {
@@ -114,7 +120,7 @@ pub fn chat_room(mut mailbox: Mailbox<Command>) {
                     continue;
                 }
                 let id = sock.id();
-                send_to_others(&members, id, format!("* {peer} joined\n").as_bytes());
+                send_to_others(&mut members, id, format!("* {peer} joined\n").as_bytes());
                 let name = peer.to_string();
                 let unfinished = Vec::new();
                 members.insert(
@@ -131,14 +137,14 @@ pub fn chat_room(mut mailbox: Mailbox<Command>) {
                     continue;
                 };
                 for line in member.lines(&data) {
-                    send_to_others(&members, socket, &line);
+                    send_to_others(&mut members, socket, &line);
                 }
             }
             Event::Closed { socket, .. } => {
                 // Dropping the member's socket closes the connection.
                 if let Some(member) = members.remove(&socket) {
                     let left = format!("* {} left\n", member.name);
-                    send_to_others(&members, socket, left.as_bytes());
+                    send_to_others(&mut members, socket, left.as_bytes());
                 }
             }
             Event::Message(Command::Stop) => return,
@@ -146,12 +152,22 @@ pub fn chat_room(mut mailbox: Mailbox<Command>) {
     }
 }
 
-/// Writes `text` to every member except `from`, without waiting for the writes.
-fn send_to_others(members: &HashMap<SocketId, Member>, from: SocketId, text: &[u8]) {
-    for (&id, member) in members {
+/// Writes `text` to every member except `from`, without waiting for the writes, and drops
+/// the members that fell more than [`MAX_BACKLOG`] behind.
+fn send_to_others(members: &mut HashMap<SocketId, Member>, from: SocketId, text: &[u8]) {
+    let mut too_slow = Vec::new();
+    for (&id, member) in members.iter() {
         if id != from {
             drop(member.sock.write_future(text));
+            if member.sock.queued_bytes() > MAX_BACKLOG {
+                too_slow.push(id);
+            }
         }
+    }
+    for id in too_slow {
+        // Dropping the socket writes what is queued if the client reads it in time (the
+        // I/O task's drain timeout), then closes the connection.
+        members.remove(&id);
     }
 }
 

@@ -67,8 +67,9 @@ pub fn echo_actor(mut mailbox: Mailbox<Command>) {
             Event::Data { socket, data } => {
                 if let Some(sock) = sockets.get(&socket) {
                     // The write is queued in order with the socket's other writes; the
-                    // actor does not wait for it, so one slow client delays nobody. (The
-                    // cost: echoes for a client that never reads queue up in the I/O task.)
+                    // actor does not wait for it, so one slow client delays nobody. A client
+                    // that never reads its echoes stops being read once 1 MiB of them wait
+                    // (the listener's write window), so the queue stays bounded.
                     drop(sock.write_future(data));
                 }
             }

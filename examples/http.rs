@@ -40,8 +40,9 @@
 //! two-core machine (release build, three interleaved rounds each): 86 000 to 97 000 requests per
 //! second with the actor, 55 000 to 60 000 with a thread per connection.
 //!
-//! Limits: a connection's input is bounded by one request head and body; responses to a
-//! client that pipelines requests but never reads queue up in the I/O task.
+//! Limits: a connection's input is bounded by one request head and body; its output by the
+//! listener's write window (1 MiB by default): a client that pipelines requests but never
+//! reads the responses stops being read until it does.
 
 #[path = "http/request.rs"]
 pub mod request;

@@ -29,9 +29,9 @@
 //! `COMMAND` (an empty table) and `QUIT`, as arrays of bulk strings or inline commands.
 //! Keys expire lazily when touched, and a sweep removes the rest a few times a second.
 //!
-//! Limits: a command's input is bounded (512 MiB per bulk string, 64 KiB per line); replies
-//! to a client that sends commands but never reads queue up in the I/O task, as with
-//! Redis's default of no output limit for normal clients.
+//! Limits: a command's input is bounded (512 MiB per bulk string, 64 KiB per line); its
+//! output by the listener's write window (1 MiB by default): a client that sends commands
+//! but never reads the replies stops being read until it does.
 
 #[path = "kv/resp.rs"]
 pub mod resp;

@@ -211,3 +211,38 @@ fn stopping_the_room_closes_every_connection() {
         assert_eq!(n, 0, "{} read {rest:?} instead of EOF", member.name);
     }
 }
+
+#[test]
+fn a_member_that_never_reads_is_dropped_instead_of_queued_for() {
+    let server = start_chat();
+    let (mut a, mut b, mut c) = three_members(server.addr);
+    let line = format!("{}\n", "x".repeat(999));
+    let lines = 80_000; // 80 MB: far more than the room may queue for one member.
+    let expected = format!("{}: {line}", a.name);
+    let reader = std::thread::spawn(move || {
+        for _ in 0..lines {
+            c.expect_line(&expected);
+        }
+        c
+    });
+    for _ in 0..lines {
+        a.say(&line);
+    }
+    let _c = reader.join().expect("the reading member got every line");
+
+    // The member that read nothing was dropped: it finds what was queued for it, then the
+    // end of the connection, well short of everything that was said.
+    let mut received = 0;
+    loop {
+        let mut text = String::new();
+        match b.reader.read_line(&mut text) {
+            Ok(0) => break,
+            Ok(n) => received += n,
+            Err(e) => panic!("expected the room to close the connection, got {e}"),
+        }
+    }
+    assert!(
+        received < lines * line.len() / 2,
+        "the slow member got {received} bytes"
+    );
+}
