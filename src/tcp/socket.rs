@@ -23,8 +23,12 @@ use crate::tcp::{ReadFuture, ReadPort, TcpError, WriteFuture};
 /// `Send + Sync`; it can be shared (in an `Arc`) between threads.
 ///
 /// Dropping the socket stops reading (a port attached to it yields `"CLOSED"`), flushes the
-/// writes already queued, then closes the connection. The flush is bounded by the task's
-/// [`drain_timeout`](crate::Builder::drain_timeout).
+/// writes already queued, then closes the connection: unless the peer already closed its
+/// side, it shuts down its sending side and discards what the peer still sends until the peer
+/// closes, so that unread input cannot make the kernel reset the connection and lose the
+/// last replies. The flush is bounded by the task's
+/// [`drain_timeout`](crate::Builder::drain_timeout), the wait for the peer by its
+/// [`linger_timeout`](crate::Builder::linger_timeout).
 ///
 /// # Examples
 ///
