@@ -6,7 +6,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::io::{self, IoSlice, Read};
+use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use crate::io_task::entry::{
     Sink, SocketEntry, next_id,
 };
 use crate::io_task::registration::{Interest, Registration};
-use crate::io_task::sys::{Events, accept_nonblocking};
+use crate::io_task::sys::{Events, accept_nonblocking, recv_spare};
 use crate::io_task::{Config, Shared};
 use crate::tcp::server::{ConnectionGuard, ListenerState};
 use crate::tcp::{ListenEvent, NewConnection, TcpError};
@@ -38,7 +38,7 @@ pub(crate) struct EventLoop {
     config: Config,
     /// Every listener and socket this task serves. A slot's index is its poller key.
     entries: Slab<Entry>,
-    /// Receive buffer of every `recv`; chunks are copied out at their exact length.
+    /// Receive buffer of every `recv` (empty between reads; see `take_chunk`).
     buf: Vec<u8>,
     /// Sockets with writes queued this cycle, flushed once after the command drain.
     dirty: Vec<Key>,
@@ -64,7 +64,7 @@ impl EventLoop {
     pub(crate) fn new(shared: Arc<Shared>, config: Config) -> EventLoop {
         EventLoop {
             shared,
-            buf: vec![0; config.read_buffer],
+            buf: Vec::with_capacity(config.read_buffer),
             config,
             entries: Slab::new(),
             dirty: Vec::new(),
@@ -565,15 +565,16 @@ impl EventLoop {
             let Some(Entry::Socket(s)) = entry else {
                 return;
             };
-            let result = (&**s.reg.socket()).read(&mut self.buf);
+            let result = recv_spare(s.reg.socket(), &mut self.buf);
             match result {
                 Ok(0) => {
                     self.end_reading(key, TcpError::eof());
                     break;
                 }
                 Ok(n) => {
-                    let drained = n < self.buf.len();
-                    self.deliver(key, Ok(self.buf[..n].to_vec()));
+                    let drained = n < self.buf.capacity();
+                    let chunk = self.take_chunk();
+                    self.deliver(key, Ok(chunk));
                     let Some(Entry::Socket(s)) = self.get(key) else {
                         return;
                     };
@@ -594,6 +595,21 @@ impl EventLoop {
             }
         }
         self.update_interest(key);
+    }
+
+    /// Takes what the last `recv` put in the receive buffer. A large read hands over the
+    /// buffer itself (at most half of its capacity is then unused) and a new one is
+    /// allocated, uninitialised; a small one is copied out at its exact length, so that small
+    /// chunks waiting in a port do not each hold a whole buffer.
+    fn take_chunk(&mut self) -> Vec<u8> {
+        let capacity = self.config.read_buffer;
+        if self.buf.len() >= capacity / 2 {
+            std::mem::replace(&mut self.buf, Vec::with_capacity(capacity))
+        } else {
+            let chunk = self.buf.clone();
+            self.buf.clear();
+            chunk
+        }
     }
 
     fn end_reading(&mut self, key: Key, error: TcpError) {
@@ -803,7 +819,9 @@ impl EventLoop {
             let Some(Entry::Socket(s)) = entry else {
                 return;
             };
-            match (&**s.reg.socket()).read(&mut self.buf) {
+            let result = recv_spare(s.reg.socket(), &mut self.buf);
+            self.buf.clear();
+            match result {
                 Ok(n) if n > 0 => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -219,6 +219,17 @@ impl Events {
     }
 }
 
+/// Receives into the spare capacity of `buf`, which must be empty, without initialising it
+/// first; `buf` then holds exactly the bytes received.
+pub(crate) fn recv_spare(socket: &Socket, buf: &mut Vec<u8>) -> io::Result<usize> {
+    debug_assert!(buf.is_empty());
+    let n = socket.recv(buf.spare_capacity_mut())?;
+    // SAFETY: `recv` initialised the first `n` bytes of the spare capacity, and `n` is at
+    // most its length.
+    unsafe { buf.set_len(n) };
+    Ok(n)
+}
+
 /// Takes ownership of a descriptor a system call returned, or its error.
 ///
 /// # Safety
