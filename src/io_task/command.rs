@@ -44,7 +44,11 @@ pub(crate) enum Command {
         reply: Reply<Key>,
     },
     /// Change how many queued write bytes stop the socket being read.
-    SetWriteWindow { key: Key, window: Option<usize> },
+    SetWriteWindow {
+        key: Key,
+        window: Option<usize>,
+        reply: Reply<()>,
+    },
     /// Deliver reads to `sink` (a port or a mailbox) from now on.
     ReadStart {
         key: Key,

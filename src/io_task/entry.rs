@@ -72,9 +72,17 @@ pub(crate) struct ListenerEntry {
     pub(crate) _closed: ListenerClosed,
 }
 
-/// Tells the listener's waiters that this listening socket is closed, when dropped.
+/// Counts a listening socket as open while it is in a slab, and tells the listener's
+/// waiters when it is closed.
 #[derive(Debug)]
-pub(crate) struct ListenerClosed(pub(crate) Arc<ListenerState>);
+pub(crate) struct ListenerClosed(Arc<ListenerState>);
+
+impl ListenerClosed {
+    pub(crate) fn new(state: Arc<ListenerState>) -> ListenerClosed {
+        state.socket_opened();
+        ListenerClosed(state)
+    }
+}
 
 impl Drop for ListenerClosed {
     fn drop(&mut self) {

@@ -99,6 +99,8 @@ impl EventLoop {
     /// command senders (through `sleeping`) that a notification is needed.
     fn wait(&mut self, events: &mut Events, timeout: Option<Duration>) {
         let shared = &*self.shared;
+        // Returning early (commands waiting) must not dispatch the last cycle's events again.
+        events.clear();
         if timeout != Some(Duration::ZERO) && !self.config.spin.is_zero() {
             let until = Instant::now() + self.config.spin;
             loop {
@@ -189,12 +191,17 @@ impl EventLoop {
                 let key = self.insert_socket(socket, None, queued, None);
                 let _ = reply.send(Ok(key));
             }
-            Command::SetWriteWindow { key, window } => {
-                if let Some(s) = self.socket(key) {
-                    s.write_window = window;
-                    s.write_blocked = window.is_some_and(|w| s.queued_here > w);
-                    self.update_interest(key);
-                }
+            Command::SetWriteWindow { key, window, reply } => {
+                let result = match self.socket(key) {
+                    Some(s) => {
+                        s.write_window = window;
+                        s.write_blocked = window.is_some_and(|w| s.queued_here > w);
+                        self.update_interest(key);
+                        Ok(())
+                    }
+                    None => Err(TcpError::closed()),
+                };
+                let _ = reply.send(result);
             }
             Command::ReadStart { key, sink, reply } => {
                 let result = self.read_start(key, sink);
@@ -297,7 +304,7 @@ impl EventLoop {
             id,
             reg,
             events,
-            _closed: ListenerClosed(state.clone()),
+            _closed: ListenerClosed::new(state.clone()),
             state,
             backing_off: false,
             at_limit: false,

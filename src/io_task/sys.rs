@@ -198,6 +198,10 @@ impl Events {
         self.len == 0
     }
 
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+    }
+
     /// The socket events of the last wait (wake-ups are left out).
     pub(crate) fn iter(&self) -> impl Iterator<Item = Event> + '_ {
         self.list[..self.len].iter().filter_map(|e| {

@@ -59,6 +59,11 @@ impl ListenerState {
 
     pub(crate) fn add_socket(&self, task: Arc<Shared>, key: Key) {
         lock(&self.sockets).push((task, key));
+    }
+
+    /// Called by an I/O task when it starts serving one of the listening sockets (before
+    /// anything can close it, so the count never misses a close).
+    pub(crate) fn socket_opened(&self) {
         *lock(&self.open_sockets) += 1;
     }
 

@@ -291,13 +291,16 @@ impl TcpSocket {
     /// default); connected sockets start with `None`, so that a client streaming both ways
     /// cannot deadlock against such a server. Writes themselves are never refused.
     ///
+    /// The new window applies to everything read after this call returns.
+    ///
     /// # Errors
     ///
-    /// `"SHUTDOWN"` when the I/O task stopped.
+    /// `"CLOSED"` or `"SHUTDOWN"` when the socket or the I/O task is gone.
     pub fn set_write_window(&self, window: Option<usize>) -> Result<(), TcpError> {
-        self.task.send(Command::SetWriteWindow {
+        self.request(|reply| Command::SetWriteWindow {
             key: self.key,
             window,
+            reply,
         })
     }
 
