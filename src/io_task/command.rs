@@ -49,11 +49,12 @@ pub(crate) enum Command {
         window: Option<usize>,
         reply: Reply<()>,
     },
-    /// Deliver reads to `sink` (a port or a mailbox) from now on.
+    /// Deliver reads to `sink` (a port or a mailbox) from now on. A mailbox attaching sends
+    /// no reply: a refusal reaches it as the socket's `Closed` event.
     ReadStart {
         key: Key,
         sink: Sink,
-        reply: Reply<()>,
+        reply: Option<Reply<()>>,
     },
     /// Stop delivering to the port; take back what it still holds.
     ReadStop {

@@ -205,7 +205,9 @@ impl EventLoop {
             }
             Command::ReadStart { key, sink, reply } => {
                 let result = self.read_start(key, sink);
-                let _ = reply.send(result);
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
             }
             Command::ReadStop {
                 key,
@@ -390,11 +392,19 @@ impl EventLoop {
     /// was seen). A reader already attached and still alive makes this fail with `BUSY`.
     fn read_start(&mut self, key: Key, sink: Sink) -> Result<(), TcpError> {
         let Some(s) = self.socket(key) else {
-            refuse(sink, TcpError::closed());
+            refuse(key, sink, TcpError::closed());
             return Err(TcpError::closed());
         };
+        if let (Sink::Mailbox { inbox: old, .. }, Sink::Mailbox { inbox: new, .. }) =
+            (&s.sink, &sink)
+        {
+            if Arc::ptr_eq(old, new) {
+                // Attaching to the mailbox it is attached to already changes nothing.
+                return Ok(());
+            }
+        }
         if !s.sink.is_abandoned() {
-            refuse(sink, TcpError::busy());
+            refuse(key, sink, TcpError::busy());
             return Err(TcpError::busy());
         }
         s.sink = sink;
@@ -1006,9 +1016,19 @@ impl EventLoop {
     }
 }
 
-/// Resolves the reply a refused sink carries, so that nobody waits on it.
-fn refuse(sink: Sink, error: TcpError) {
-    if let Sink::Once { tx, .. } = sink {
-        let _ = tx.send(Err(error));
+/// Tells a refused reader why: a future resolves with the error, a mailbox gets it as the
+/// socket's `Closed` event (a port's caller hears it through the command's reply).
+fn refuse(key: Key, sink: Sink, error: TcpError) {
+    match sink {
+        Sink::Once { tx, .. } => {
+            let _ = tx.send(Err(error));
+        }
+        Sink::Mailbox { inbox, .. } => {
+            let _ = inbox.deliver(vec![Delivery {
+                key,
+                chunk: Err(error),
+            }]);
+        }
+        Sink::Port { .. } | Sink::None => {}
     }
 }

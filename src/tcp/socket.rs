@@ -158,7 +158,7 @@ impl TcpSocket {
         self.request(|reply| Command::ReadStart {
             key: self.key,
             sink,
-            reply,
+            reply: Some(reply),
         })?;
         Ok(ReadPort::new(self.key, rx, window))
     }
@@ -310,9 +310,15 @@ impl TcpSocket {
     /// The mailbox sees `Event::Data` for each chunk and one `Event::Closed` when reading
     /// ends (EOF, an error, the socket dropped, the task shut down).
     ///
+    /// Attaching does not wait for the I/O task, so an actor never blocks on it. Attaching
+    /// to the mailbox the socket is attached to already does nothing. When the I/O task
+    /// refuses (a port, future or other mailbox still receives this socket's reads, or the
+    /// socket was closed), the mailbox gets `Event::Closed` for this socket with that error
+    /// (`"BUSY"`, `"CLOSED"`).
+    ///
     /// # Errors
     ///
-    /// As [`read_start`](TcpSocket::read_start).
+    /// `"SHUTDOWN"` when the I/O task stopped.
     pub fn attach<M: Send + 'static>(
         &self,
         mailbox: &impl AsRef<MailboxSender<M>>,
@@ -322,10 +328,10 @@ impl TcpSocket {
             inbox: sender.inbox(),
             window: sender.window(),
         };
-        self.request(|reply| Command::ReadStart {
+        self.task.send(Command::ReadStart {
             key: self.key,
             sink,
-            reply,
+            reply: None,
         })
     }
 
