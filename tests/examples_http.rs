@@ -1,5 +1,6 @@
 //! The `http` example: an HTTP/1.1 server, driven by std clients, `curl` and `wrk`.
 
+mod examples_support;
 #[path = "../examples/http.rs"]
 #[allow(dead_code)]
 mod http;
@@ -7,7 +8,7 @@ mod http;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long any single read from the server may take before the test fails.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -426,65 +427,12 @@ fn a_port_in_use_is_reported() {
 
 // ---- Real clients ---------------------------------------------------------------------------
 
-/// Whether `tool` can run; when it cannot, skips loudly, or fails under CI.
-fn have(tool: &str, package: &str) -> bool {
-    match Command::new(tool).arg("--version").output() {
-        Ok(_) => true,
-        Err(_) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{tool} missing in CI")
-        }
-        Err(_) => {
-            eprintln!("SKIPPED: {tool} not installed (apt-get install {package})");
-            false
-        }
-    }
-}
-
-/// Runs a command, killing it if it runs past `limit`.
-fn run(command: &mut Command, limit: Duration) -> Output {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    // Drain the pipes on threads so that a chatty child cannot block on a full pipe.
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stdout.read_to_end(&mut v);
-        v
-    });
-    let err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command:?} ran longer than {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
-}
-
 fn curl(args: &[&str]) -> Output {
-    let output = run(
+    let output = examples_support::run(
         Command::new("curl")
             .args(["--silent", "--show-error", "--max-time", "30"])
             .args(args),
+        Stdio::null(),
         Duration::from_secs(60),
     );
     assert!(output.status.success(), "curl {args:?}: {output:?}");
@@ -493,7 +441,7 @@ fn curl(args: &[&str]) -> Output {
 
 #[test]
 fn curl_gets_posts_and_reuses_the_connection() {
-    if !have("curl", "curl") {
+    if !examples_support::have_tool("curl", "curl") {
         return;
     }
     let (server, _iotask) = start();
@@ -528,13 +476,14 @@ fn curl_gets_posts_and_reuses_the_connection() {
 
 #[test]
 fn wrk_runs_without_errors() {
-    if !have("wrk", "wrk") {
+    if !examples_support::have_tool("wrk", "wrk") {
         return;
     }
     let (server, _iotask) = start();
     let url = format!("http://{}/hello", server.local_addr());
-    let output = run(
+    let output = examples_support::run(
         Command::new("wrk").args(["-t1", "-c50", "-d3s", &url]),
+        Stdio::null(),
         Duration::from_secs(60),
     );
     let text = String::from_utf8_lossy(&output.stdout);

@@ -1,12 +1,13 @@
 //! The `kv` example: a RESP2 server, driven by std clients, `redis-cli` and `redis-benchmark`.
 
+mod examples_support;
 #[path = "../examples/kv.rs"]
 #[allow(dead_code)]
 mod kv;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long any single read from the server may take before the test fails.
@@ -482,62 +483,8 @@ fn a_port_in_use_is_reported() {
 
 // ---- Real clients ---------------------------------------------------------------------------
 
-/// Whether `tool` can run; when it cannot, skips loudly, or fails under CI.
-fn have(tool: &str, package: &str) -> bool {
-    match Command::new(tool).arg("--version").output() {
-        Ok(_) => true,
-        Err(_) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{tool} missing in CI")
-        }
-        Err(_) => {
-            eprintln!("SKIPPED: {tool} not installed (apt-get install {package})");
-            false
-        }
-    }
-}
-
-/// Runs a command with `stdin`, killing it if it runs past `limit`.
-fn run(command: &mut Command, stdin: Stdio, limit: Duration) -> Output {
-    let mut child = command
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    // Drain the pipes on threads so that a chatty child cannot block on a full pipe.
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stdout.read_to_end(&mut v);
-        v
-    });
-    let err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command:?} ran longer than {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
-}
-
 fn redis_cli(addr: SocketAddr, args: &[&str], stdin: Stdio) -> Vec<u8> {
-    let output = run(
+    let output = examples_support::run(
         Command::new("redis-cli")
             .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
             .args(args),
@@ -550,7 +497,7 @@ fn redis_cli(addr: SocketAddr, args: &[&str], stdin: Stdio) -> Vec<u8> {
 
 #[test]
 fn redis_cli_round_trips_values() {
-    if !have("redis-cli", "redis-tools") {
+    if !examples_support::have_tool("redis-cli", "redis-tools") {
         return;
     }
     let (server, _iotask) = start();
@@ -601,7 +548,7 @@ fn redis_cli_round_trips_values() {
 
 /// Runs redis-benchmark and checks that every test completed without an error.
 fn benchmark(addr: SocketAddr, extra: &[&str]) -> String {
-    let output = run(
+    let output = examples_support::run(
         Command::new("redis-benchmark")
             .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
             .args(["-t", "ping,set,get", "-c", "50", "-q"])
@@ -646,7 +593,7 @@ fn benchmark(addr: SocketAddr, extra: &[&str]) -> String {
 
 #[test]
 fn redis_benchmark_completes_without_errors() {
-    if !have("redis-benchmark", "redis-tools") {
+    if !examples_support::have_tool("redis-benchmark", "redis-tools") {
         return;
     }
     let (server, _iotask) = start();
