@@ -277,6 +277,24 @@ impl Shared {
     }
 }
 
+#[cfg(test)]
+impl Shared {
+    /// A `Shared` with no loop thread, for unit tests of the loop's parts.
+    pub(crate) fn detached() -> Arc<Shared> {
+        let (commands_tx, commands_rx) = flume::unbounded();
+        Arc::new(Shared {
+            commands_tx,
+            commands_rx,
+            poller: Arc::new(Poller::new().expect("an epoll instance")),
+            sleeping: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            thread: Mutex::new(None),
+            thread_id: Mutex::new(None),
+            read_window: 1024 * 1024,
+        })
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -29,6 +29,8 @@ use crate::tcp::{ListenEvent, NewConnection, TcpError};
 const READS_PER_CYCLE: usize = 4;
 /// Queued writes gathered into one `sendmsg`.
 const MAX_IOVECS: usize = 64;
+/// Timers are swept when the heap reaches this size, or twice its size after the last sweep.
+const MIN_PRUNE: usize = 1024;
 /// How long accepting pauses after the process ran out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -47,6 +49,8 @@ pub(crate) struct EventLoop {
     outbox_index: HashMap<usize, usize>,
     /// Read deadlines, drain deadlines and accept retries, soonest first.
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// The heap size at which timers that can no longer fire are swept out.
+    prune_at: usize,
     /// Set by `Command::Shutdown`.
     stopping: bool,
 }
@@ -71,6 +75,7 @@ impl EventLoop {
             outbox: Vec::new(),
             outbox_index: HashMap::new(),
             timers: BinaryHeap::new(),
+            prune_at: MIN_PRUNE,
             stopping: false,
         }
     }
@@ -172,7 +177,7 @@ impl EventLoop {
                     if close_connections {
                         self.close_connections_of(id);
                     } else if let Some(at) = drain {
-                        self.timers.push(Reverse((at, Timer::DrainListener(id))));
+                        self.push_timer(at, Timer::DrainListener(id));
                     }
                 }
                 let _ = reply.send(());
@@ -250,8 +255,7 @@ impl EventLoop {
                 // On failure `read_start` already resolved the reply with the error.
                 if self.read_start(key, sink).is_ok() {
                     if let Some(at) = deadline {
-                        self.timers
-                            .push(Reverse((at, Timer::ReadDeadline(key.index, key.id))));
+                        self.push_timer(at, Timer::ReadDeadline(key.index, key.id));
                     }
                 }
             }
@@ -792,10 +796,10 @@ impl EventLoop {
         };
         s.closing = true;
         s.stash.clear();
-        self.timers.push(Reverse((
+        self.push_timer(
             Instant::now() + drain_timeout,
             Timer::DrainDeadline(key.index, key.id),
-        )));
+        );
         self.finish_close(key);
     }
 
@@ -822,10 +826,10 @@ impl EventLoop {
         s.lingering = true;
         // The user closed it: it no longer counts against its listener's limit.
         s.owner = None;
-        self.timers.push(Reverse((
+        self.push_timer(
             Instant::now() + linger_timeout,
             Timer::DrainDeadline(key.index, key.id),
-        )));
+        );
         self.update_interest(key);
     }
 
@@ -950,14 +954,48 @@ impl EventLoop {
                     // existing connections are served meanwhile.
                     l.backing_off = true;
                     self.update_listener_interest(key);
-                    self.timers.push(Reverse((
+                    self.push_timer(
                         Instant::now() + ACCEPT_BACKOFF,
                         Timer::AcceptRetry(key.index, key.id),
-                    )));
+                    );
                     return;
                 }
                 Err(_) => return,
             }
+        }
+    }
+
+    /// Schedules a timer. A read that resolves before its deadline leaves its timer behind
+    /// (a heap cannot remove from the middle), so once the heap has doubled since the last
+    /// sweep, the timers that can no longer fire are dropped: many reads with long timeouts
+    /// cannot make the heap grow without bound.
+    fn push_timer(&mut self, at: Instant, timer: Timer) {
+        self.timers.push(Reverse((at, timer)));
+        if self.timers.len() >= self.prune_at {
+            let timers = std::mem::take(&mut self.timers);
+            self.timers = timers
+                .into_iter()
+                .filter(|Reverse((at, timer))| self.timer_is_live(*at, *timer))
+                .collect();
+            self.prune_at = (self.timers.len() * 2).max(MIN_PRUNE);
+        }
+    }
+
+    /// Whether firing the timer would still do something.
+    fn timer_is_live(&self, at: Instant, timer: Timer) -> bool {
+        let entry = |index: usize, id: u64| self.entries.get(index).filter(|e| e.id() == id);
+        match timer {
+            Timer::ReadDeadline(index, id) => matches!(
+                entry(index, id),
+                Some(Entry::Socket(s)) if matches!(s.sink, Sink::Once { deadline: Some(d), .. } if d == at)
+            ),
+            Timer::DrainDeadline(index, id) => {
+                matches!(entry(index, id), Some(Entry::Socket(s)) if s.closing)
+            }
+            Timer::AcceptRetry(index, id) => {
+                matches!(entry(index, id), Some(Entry::Listener(l)) if l.backing_off)
+            }
+            Timer::DrainListener(_) => true,
         }
     }
 
@@ -1030,5 +1068,35 @@ fn refuse(key: Key, sink: Sink, error: TcpError) {
             }]);
         }
         Sink::Port { .. } | Sink::None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io_task::IoTask;
+    use crate::oneshot;
+
+    #[test]
+    fn reads_resolved_before_their_deadline_do_not_pile_up_timers() {
+        let config = IoTask::builder().config;
+        let mut event_loop = EventLoop::new(Shared::detached(), config);
+        let socket = Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let key = event_loop.insert_socket(Arc::new(socket), None, queued, None);
+        let far = Instant::now() + Duration::from_secs(3600);
+        for i in 0..10_000 {
+            let (reply, rx) = oneshot::channel();
+            let deadline = Some(far + Duration::from_nanos(i));
+            event_loop.handle(Command::ReadOnce {
+                key,
+                deadline,
+                reply,
+            });
+            event_loop.deliver(key, Ok(vec![7]));
+            assert_eq!(rx.recv(), Ok(Ok(vec![7])));
+        }
+        let left = event_loop.timers.len();
+        assert!(left <= 1024, "{left} timers left for 0 pending reads");
     }
 }
