@@ -10,9 +10,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-/// How long any single read from the server may take before the test fails.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A response, as a client reads it.
 #[derive(Debug)]
 struct Response {
@@ -30,7 +27,7 @@ impl Response {
     }
 }
 
-/// A blocking HTTP client on a std `TcpStream`, every read bounded by `READ_TIMEOUT`.
+/// A blocking HTTP client on a std `TcpStream`, every read and write bounded by `TIMEOUT`.
 struct Client {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
@@ -38,9 +35,7 @@ struct Client {
 
 impl Client {
     fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
+        let stream = examples_support::client(addr);
         Client {
             reader: BufReader::new(stream.try_clone().unwrap()),
             writer: stream,
@@ -119,7 +114,9 @@ impl Client {
             matches!(&result, Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)),
             "the server answered early or closed: {result:?}"
         );
-        self.writer.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        self.writer
+            .set_read_timeout(Some(examples_support::TIMEOUT))
+            .unwrap();
     }
 }
 

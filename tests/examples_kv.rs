@@ -10,9 +10,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// How long any single read from the server may take before the test fails.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A reply, as a client reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Reply {
@@ -35,7 +32,7 @@ fn nil() -> Reply {
     Reply::Bulk(None)
 }
 
-/// A blocking RESP client on a std `TcpStream`, every read bounded by `READ_TIMEOUT`.
+/// A blocking RESP client on a std `TcpStream`, every read and write bounded by `TIMEOUT`.
 struct Client {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
@@ -43,9 +40,7 @@ struct Client {
 
 impl Client {
     fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
+        let stream = examples_support::client(addr);
         Client {
             reader: BufReader::new(stream.try_clone().unwrap()),
             writer: stream,
@@ -316,7 +311,9 @@ fn commands_split_byte_by_byte_are_reassembled() {
         matches!(&nothing, Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)),
         "a reply came before the command was complete: {nothing:?}"
     );
-    c.writer.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    c.writer
+        .set_read_timeout(Some(examples_support::TIMEOUT))
+        .unwrap();
     c.send(std::slice::from_ref(last));
     assert_eq!(c.read(), bulk(b"inline"));
     server.stop().unwrap();
