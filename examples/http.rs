@@ -53,8 +53,8 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::thread::{self, JoinHandle};
 
-use iotask::tcp::{self, KillChan, ListenError, TcpSocket};
-use iotask::{Event, IoTask, Mailbox, SocketId};
+use iotask::tcp::{self, ListenOptions, TcpSocket};
+use iotask::{Event, IoTask, Mailbox, MailboxSender, SocketId};
 
 use request::{Head, Rejection, Version};
 
@@ -75,39 +75,57 @@ fn main() -> Result<(), Box<dyn Error>> {
 /// A running server: its address, and the way to stop it.
 #[derive(Debug)]
 pub struct Server {
-    kill: KillChan,
-    listener: JoinHandle<Result<(), ListenError>>,
+    listener: tcp::Server,
+    to_actor: MailboxSender<Message>,
+    actor: JoinHandle<()>,
 }
 
 impl Server {
     /// The bound address (a requested port 0 resolved).
     pub fn local_addr(&self) -> SocketAddr {
-        self.kill.local_addr()
+        self.listener.local_addr()
     }
 
-    /// Stops listening, closes every connection, and returns once the server's threads
-    /// have ended.
+    /// Stops listening, closes every client connection, and returns once the server's
+    /// threads have ended.
     ///
     /// # Errors
     ///
     /// As [`wait`](Server::wait).
     pub fn stop(self) -> io::Result<()> {
-        // Fails only when the listener stopped already; `wait` reports why.
-        let _ = self.kill.send(None);
-        self.wait()
+        let Server {
+            listener,
+            to_actor,
+            actor,
+        } = self;
+        finish(listener.stop(), to_actor, actor)
     }
 
-    /// Blocks until the server stops (it is killed, or its I/O task shuts down).
+    /// Blocks until the server stops (it is killed, or its I/O task shuts down), then
+    /// closes every client connection.
     ///
     /// # Errors
     ///
     /// The listener's error, for example `SHUTDOWN` when the I/O task stopped.
     pub fn wait(self) -> io::Result<()> {
-        match self.listener.join() {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(io::Error::other("the listener thread panicked")),
-        }
+        let Server {
+            listener,
+            to_actor,
+            actor,
+        } = self;
+        finish(listener.wait(), to_actor, actor)
     }
+}
+
+/// The actor ends with the listener, closing every connection.
+fn finish(
+    stopped: Result<(), tcp::ListenError>,
+    to_actor: MailboxSender<Message>,
+    actor: JoinHandle<()>,
+) -> io::Result<()> {
+    let _ = to_actor.send(Message::Stop);
+    let _ = actor.join();
+    Ok(stopped?)
 }
 
 /// Starts an HTTP server on `addr`, served by `iotask`; returns once the port is bound.
@@ -121,42 +139,27 @@ pub fn start(addr: &str, iotask: &IoTask) -> io::Result<Server> {
     let actor = thread::Builder::new()
         .name("http-actor".to_owned())
         .spawn(move || http_actor(mailbox))?;
-
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let failed_tx = ready_tx.clone();
-    let addr = addr.to_owned();
-    let iotask = iotask.clone();
-    let listener = thread::Builder::new()
-        .name("http-listener".to_owned())
-        .spawn(move || {
-            let result = tcp::listen(
-                addr.as_str(),
-                1024,
-                &iotask,
-                |kill| {
-                    let _ = ready_tx.send(Ok(kill));
-                },
-                |new_conn, _kill| {
-                    if let Ok(sock) = tcp::accept(new_conn) {
-                        // The actor lives until told to stop, so this cannot fail.
-                        let _ = to_actor.send(Message::Connection(sock));
-                    }
-                },
-            );
-            // The actor ends with the listener, closing every connection.
+    let options = ListenOptions::new().backlog(1024);
+    let listener = tcp::spawn_listen(addr, &options, iotask, {
+        let to_actor = to_actor.clone();
+        move |new_conn, _kill| {
+            if let Ok(sock) = tcp::accept(new_conn) {
+                // The actor lives until told to stop, so this cannot fail.
+                let _ = to_actor.send(Message::Connection(sock));
+            }
+        }
+    });
+    match listener {
+        Ok(listener) => Ok(Server {
+            listener,
+            to_actor,
+            actor,
+        }),
+        Err(e) => {
             let _ = to_actor.send(Message::Stop);
             let _ = actor.join();
-            if let Err(e) = &result {
-                // Nobody waits any more if the listener had started.
-                let _ = failed_tx.send(Err(e.clone()));
-            }
-            result
-        })?;
-
-    match ready_rx.recv() {
-        Ok(Ok(kill)) => Ok(Server { kill, listener }),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(io::Error::other("the listener thread ended without a word")),
+            Err(e.into())
+        }
     }
 }
 

@@ -86,6 +86,7 @@ fn _assert_auto_traits() {
     send_sync::<tcp::TcpSocket>();
     send::<tcp::NewConnection>();
     send_sync::<tcp::KillChan>();
+    send_sync::<tcp::Server>();
     send_sync::<IoPool>();
     send::<tcp::ReadPort>();
     send::<tcp::WriteFuture>();

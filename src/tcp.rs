@@ -14,6 +14,7 @@ mod options;
 mod port;
 pub(crate) mod server;
 mod socket;
+mod spawn;
 
 use std::net::ToSocketAddrs;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub use listen::{CloseMode, KillChan, listen, listen_on_pool, listen_with};
 pub use options::{HandlerErrorFn, ListenOptions, OnHandlerError, ToListenAddrs};
 pub use port::ReadPort;
 pub use socket::{NewConnection, TcpSocket};
+pub use spawn::{Server, spawn_listen};
 
 pub(crate) use listen::ListenEvent;
 

@@ -338,7 +338,7 @@ where
     serve(&addrs, options, pool.tasks(), on_establish, new_connect)
 }
 
-fn serve<E, C>(
+pub(crate) fn serve<E, C>(
     addrs: &[SocketAddr],
     options: &ListenOptions,
     tasks: &[IoTask],
