@@ -44,17 +44,19 @@
 //! listener's write window (1 MiB by default): a client that pipelines requests but never
 //! reads the responses stops being read until it does.
 
+#[path = "support/actor_server.rs"]
+mod actor_server;
 #[path = "http/request.rs"]
 pub mod request;
 
 use std::collections::HashMap;
 use std::error::Error;
 use std::io::{self, Write};
-use std::net::SocketAddr;
-use std::thread::{self, JoinHandle};
 
-use iotask::tcp::{self, ListenOptions, TcpSocket};
-use iotask::{Event, IoTask, Mailbox, MailboxSender, SocketId};
+use iotask::tcp::TcpSocket;
+use iotask::{Event, IoTask, Mailbox, SocketId};
+
+pub use actor_server::{Message, Server};
 
 use request::{Head, Rejection, Version};
 
@@ -72,104 +74,13 @@ fn main() -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// A running server: its address, and the way to stop it.
-#[derive(Debug)]
-pub struct Server {
-    listener: tcp::Server,
-    to_actor: MailboxSender<Message>,
-    actor: JoinHandle<()>,
-}
-
-impl Server {
-    /// The bound address (a requested port 0 resolved).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr()
-    }
-
-    /// Stops listening, closes every client connection, and returns once the server's
-    /// threads have ended.
-    ///
-    /// # Errors
-    ///
-    /// As [`wait`](Server::wait).
-    pub fn stop(self) -> io::Result<()> {
-        let Server {
-            listener,
-            to_actor,
-            actor,
-        } = self;
-        finish(listener.stop(), to_actor, actor)
-    }
-
-    /// Blocks until the server stops (it is killed, or its I/O task shuts down), then
-    /// closes every client connection.
-    ///
-    /// # Errors
-    ///
-    /// The listener's error, for example `SHUTDOWN` when the I/O task stopped.
-    pub fn wait(self) -> io::Result<()> {
-        let Server {
-            listener,
-            to_actor,
-            actor,
-        } = self;
-        finish(listener.wait(), to_actor, actor)
-    }
-}
-
-/// The actor ends with the listener, closing every connection.
-fn finish(
-    stopped: Result<(), tcp::ListenError>,
-    to_actor: MailboxSender<Message>,
-    actor: JoinHandle<()>,
-) -> io::Result<()> {
-    let _ = to_actor.send(Message::Stop);
-    let _ = actor.join();
-    Ok(stopped?)
-}
-
 /// Starts an HTTP server on `addr`, served by `iotask`; returns once the port is bound.
 ///
 /// # Errors
 ///
 /// The bind or listen error (`AddrInUse`, …), or a failure to spawn a thread.
 pub fn start(addr: &str, iotask: &IoTask) -> io::Result<Server> {
-    let mailbox = Mailbox::new();
-    let to_actor = mailbox.sender();
-    let actor = thread::Builder::new()
-        .name("http-actor".to_owned())
-        .spawn(move || http_actor(mailbox))?;
-    let options = ListenOptions::new().backlog(1024);
-    let listener = tcp::spawn_listen(addr, &options, iotask, {
-        let to_actor = to_actor.clone();
-        move |new_conn, _kill| {
-            if let Ok(sock) = tcp::accept(new_conn) {
-                // The actor lives until told to stop, so this cannot fail.
-                let _ = to_actor.send(Message::Connection(sock));
-            }
-        }
-    });
-    match listener {
-        Ok(listener) => Ok(Server {
-            listener,
-            to_actor,
-            actor,
-        }),
-        Err(e) => {
-            let _ = to_actor.send(Message::Stop);
-            let _ = actor.join();
-            Err(e.into())
-        }
-    }
-}
-
-/// What the listener tells the actor.
-#[derive(Debug)]
-pub enum Message {
-    /// A new client to serve.
-    Connection(TcpSocket),
-    /// The listener stopped: close every connection and return.
-    Stop,
+    actor_server::start(addr, iotask, "http-actor", http_actor)
 }
 
 /// Whether a connection stays open after the bytes just served.
