@@ -698,7 +698,8 @@ impl EventLoop {
         self.dirty.clear();
     }
 
-    /// Writes as much of the queue as the kernel takes, one gathered `sendmsg` at a time.
+    /// Writes as much of the queue as the kernel takes, one gathered `sendmsg` (or plain
+    /// `send`, for a single buffer) at a time.
     fn flush(&mut self, key: Key) {
         loop {
             let Some(Entry::Socket(s)) = self.get(key) else {
@@ -713,10 +714,14 @@ impl EventLoop {
                 slices[count] = IoSlice::new(&w.data[w.written..]);
                 count += 1;
             }
-            let result = s
-                .reg
-                .socket()
-                .send_vectored_with_flags(&slices[..count], libc::MSG_NOSIGNAL);
+            let socket = s.reg.socket();
+            // One buffer (the common case of a reply per request) goes out with `send`,
+            // which skips the kernel's copy-in of a message header and an iovec array.
+            let result = if count == 1 {
+                socket.send_with_flags(&slices[0], libc::MSG_NOSIGNAL)
+            } else {
+                socket.send_vectored_with_flags(&slices[..count], libc::MSG_NOSIGNAL)
+            };
             match result {
                 Ok(mut n) => {
                     s.queued_here -= n;
