@@ -4,6 +4,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::tcp::TcpSocket;
 use crate::{Builder, IoTask};
 
 /// A fixed set of I/O tasks that share the work of a server.
@@ -77,6 +78,32 @@ impl IoPool {
     pub fn next(&self) -> &IoTask {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.tasks.len();
         &self.tasks[i]
+    }
+
+    /// The position in [`tasks`](IoPool::tasks) of the task serving `socket`, or `None`
+    /// if it belongs to no task of this pool.
+    ///
+    /// A server that pairs each task with an actor of its own hands each accepted socket to
+    /// the actor of its task: the actor's writes then wake one loop, not all of them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = iotask::IoPool::spawn(2)?;
+    /// let server = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let sock = iotask::tcp::connect(server.local_addr()?, &pool.tasks()[1])?;
+    /// assert_eq!(pool.index_of(&sock), Some(1));
+    ///
+    /// let elsewhere = iotask::tcp::connect(server.local_addr()?, &iotask::global())?;
+    /// assert_eq!(pool.index_of(&elsewhere), None);
+    /// # drop((sock, elsewhere));
+    /// pool.shutdown();
+    /// # std::io::Result::Ok(())
+    /// ```
+    pub fn index_of(&self, socket: &TcpSocket) -> Option<usize> {
+        self.tasks
+            .iter()
+            .position(|task| Arc::ptr_eq(task.shared(), socket.task()))
     }
 
     /// Shuts every task down (see [`IoTask::shutdown`]).

@@ -25,7 +25,7 @@ pub use buf::TcpSocketBuf;
 pub use error::{ConnectError, ListenError, TcpError};
 pub use future::{ReadFuture, WriteFuture};
 pub use listen::{CloseMode, KillChan, listen, listen_on_pool, listen_with};
-pub use options::{HandlerErrorFn, ListenOptions, OnHandlerError, ToListenAddrs};
+pub use options::{HandlerErrorFn, ListenOptions, OnHandlerError, PoolListener, ToListenAddrs};
 pub use port::ReadPort;
 pub use socket::{NewConnection, TcpSocket};
 pub use spawn::{Server, spawn_listen};

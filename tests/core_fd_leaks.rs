@@ -12,8 +12,8 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use iotask::tcp::{self, ListenError};
-use iotask::{Builder, Event, IoTask, Mailbox};
+use iotask::tcp::{self, KillChan, ListenError, ListenOptions, PoolListener};
+use iotask::{Builder, Event, IoPool, IoTask, Mailbox};
 use util::*;
 
 /// Closes are asynchronous (the I/O thread does them): how long a count may take to settle.
@@ -516,6 +516,40 @@ fn no_drop_order_leaks_a_descriptor_panics_or_hangs() {
         "user objects dropped before the last handle",
     );
     eprintln!("ok: user objects dropped before the last handle");
+
+    for mode in [PoolListener::PerTask, PoolListener::Shared] {
+        with_timeout(SCENARIO_LIMIT, move || {
+            let pool = IoPool::spawn(2).unwrap();
+            let (kill_tx, kill_rx) = mpsc::channel();
+            let (conn_tx, conns) = mpsc::channel();
+            let listener = std::thread::spawn({
+                let pool = pool.clone();
+                move || {
+                    tcp::listen_on_pool(
+                        "127.0.0.1:0",
+                        &ListenOptions::new().pool_listener(mode),
+                        &pool,
+                        |kill| kill_tx.send(kill).unwrap(),
+                        move |conn, _| conn_tx.send(conn).unwrap(),
+                    )
+                }
+            });
+            let kill: KillChan = kill_rx.recv_timeout(SETTLE).unwrap();
+            let clients: Vec<TcpStream> = (0..8)
+                .map(|_| TcpStream::connect(kill.local_addr()).unwrap())
+                .collect();
+            let accepted: Vec<_> = (0..8)
+                .map(|_| tcp::accept(conns.recv_timeout(SETTLE).unwrap()).unwrap())
+                .collect();
+            kill.send(None).unwrap();
+            assert_eq!(listener.join().unwrap(), Ok(()));
+            drop((clients, accepted, kill));
+            pool.shutdown();
+        });
+        let what = format!("pool listener {mode:?}, killed, then the pool shut down");
+        settle(base, &base_list, &what);
+        eprintln!("ok: {what}");
+    }
 }
 
 /// Reads until EOF or a reset, whichever the peer's close produced.

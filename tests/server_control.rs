@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use iotask::tcp::{
     self, CloseMode, KillChan, ListenError, ListenOptions, NewConnection, OnHandlerError,
+    PoolListener,
 };
 use iotask::{IoPool, IoTask};
 
@@ -112,90 +113,168 @@ fn max_connections_stops_accepting_until_one_closes() {
     assert_eq!(server.thread.join().unwrap(), Ok(()));
 }
 
+/// Both ways a pool can share a listening address.
+const POOL_MODES: [PoolListener; 2] = [PoolListener::PerTask, PoolListener::Shared];
+
+/// Runs `listen_on_pool` on its own thread; returns once the listener is established.
+fn serve_pool(
+    pool: &IoPool,
+    options: ListenOptions,
+    new_connect: impl FnMut(NewConnection, &KillChan) + Send + 'static,
+) -> (KillChan, JoinHandle<Result<(), ListenError>>) {
+    let (kill_tx, kill_rx) = mpsc::channel();
+    let pool = pool.clone();
+    let thread = std::thread::spawn(move || {
+        tcp::listen_on_pool(
+            "127.0.0.1:0",
+            &options,
+            &pool,
+            |kill| kill_tx.send(kill).unwrap(),
+            new_connect,
+        )
+    });
+    let kill = kill_rx
+        .recv_timeout(WAIT)
+        .expect("pool listener established");
+    (kill, thread)
+}
+
 #[test]
 fn max_connections_is_shared_by_a_pool() {
-    let pool = IoPool::spawn(2).unwrap();
-    let (kill_tx, kill_rx) = mpsc::channel();
-    let (conn_tx, conns) = mpsc::channel();
-    let options = ListenOptions::new().max_connections(3);
-    let thread = std::thread::spawn({
-        let pool = pool.clone();
-        move || {
-            tcp::listen_on_pool(
-                "127.0.0.1:0",
-                &options,
-                &pool,
-                |kill| kill_tx.send(kill).unwrap(),
-                move |conn, _| conn_tx.send(conn).unwrap(),
-            )
+    for mode in POOL_MODES {
+        let pool = IoPool::spawn(2).unwrap();
+        let (conn_tx, conns) = mpsc::channel();
+        let options = ListenOptions::new().max_connections(3).pool_listener(mode);
+        let (kill, thread) = serve_pool(&pool, options, move |conn, _| conn_tx.send(conn).unwrap());
+        let clients: Vec<TcpStream> = (0..6).map(|_| client(kill.local_addr())).collect();
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(conns.recv_timeout(WAIT).unwrap());
         }
-    });
-    let kill: KillChan = kill_rx.recv_timeout(WAIT).unwrap();
-    let clients: Vec<TcpStream> = (0..6).map(|_| client(kill.local_addr())).collect();
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        held.push(conns.recv_timeout(WAIT).unwrap());
+        assert!(
+            conns.recv_timeout(QUIET).is_err(),
+            "{mode:?}: accepted past the limit"
+        );
+        assert_eq!(kill.num_connections(), 3);
+        held.clear();
+        for _ in 0..3 {
+            let conn = conns.recv_timeout(WAIT);
+            held.push(conn.unwrap_or_else(|_| panic!("{mode:?}: no accept after closes")));
+        }
+        drop(clients);
+        kill.send(None).unwrap();
+        assert_eq!(thread.join().unwrap(), Ok(()));
+        pool.shutdown();
     }
-    assert!(
-        conns.recv_timeout(QUIET).is_err(),
-        "accepted past the limit"
-    );
-    assert_eq!(kill.num_connections(), 3);
-    held.clear();
-    for _ in 0..3 {
-        held.push(conns.recv_timeout(WAIT).expect("accepted after closes"));
-    }
-    drop(clients);
-    kill.send(None).unwrap();
-    assert_eq!(thread.join().unwrap(), Ok(()));
 }
 
 #[test]
 fn pool_serves_many_clients() {
-    let pool = IoPool::spawn(2).unwrap();
-    let (kill_tx, kill_rx) = mpsc::channel();
-    let thread = std::thread::spawn({
-        let pool = pool.clone();
-        move || {
-            tcp::listen_on_pool(
-                "127.0.0.1:0",
-                &ListenOptions::new(),
-                &pool,
-                |kill| kill_tx.send(kill).unwrap(),
-                |conn, _| {
-                    std::thread::spawn(move || {
-                        let sock = tcp::accept(conn).unwrap();
-                        let port = sock.read_start().unwrap();
-                        while let Ok(chunk) = port.recv() {
-                            drop(sock.write_future(chunk));
-                        }
-                    });
-                },
-            )
-        }
-    });
-    let kill: KillChan = kill_rx.recv_timeout(WAIT).unwrap();
-    let handles: Vec<_> = (0..40u8)
-        .map(|i| {
-            let addr = kill.local_addr();
-            std::thread::spawn(move || {
-                let mut c = client(addr);
-                for round in 0..20u8 {
-                    let msg = [i, round, 7, 9];
-                    c.write_all(&msg).unwrap();
-                    let mut back = [0u8; 4];
-                    c.read_exact(&mut back).unwrap();
-                    assert_eq!(back, msg);
-                }
+    for mode in POOL_MODES {
+        let pool = IoPool::spawn(2).unwrap();
+        let (kill, thread) = serve_pool(
+            &pool,
+            ListenOptions::new().pool_listener(mode),
+            |conn, _| {
+                std::thread::spawn(move || {
+                    let sock = tcp::accept(conn).unwrap();
+                    let port = sock.read_start().unwrap();
+                    while let Ok(chunk) = port.recv() {
+                        drop(sock.write_future(chunk));
+                    }
+                });
+            },
+        );
+        let handles: Vec<_> = (0..40u8)
+            .map(|i| {
+                let addr = kill.local_addr();
+                std::thread::spawn(move || {
+                    let mut c = client(addr);
+                    for round in 0..20u8 {
+                        let msg = [i, round, 7, 9];
+                        c.write_all(&msg).unwrap();
+                        let mut back = [0u8; 4];
+                        c.read_exact(&mut back).unwrap();
+                        assert_eq!(back, msg);
+                    }
+                    c
+                })
             })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
+            .collect();
+        let clients: Vec<TcpStream> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(kill.num_connections(), 40, "{mode:?}: each accepted once");
+        drop(clients);
+        kill.send(None).unwrap();
+        assert_eq!(thread.join().unwrap(), Ok(()));
+        pool.shutdown();
     }
-    kill.send(None).unwrap();
-    assert_eq!(thread.join().unwrap(), Ok(()));
-    pool.shutdown();
+}
+
+#[test]
+fn pool_spreads_connections_over_its_tasks() {
+    for mode in POOL_MODES {
+        let pool = IoPool::spawn(2).unwrap();
+        let (conn_tx, conns) = mpsc::channel();
+        let (kill, thread) = serve_pool(
+            &pool,
+            ListenOptions::new().backlog(512).pool_listener(mode),
+            move |conn, _| {
+                let _ = conn_tx.send(conn);
+            },
+        );
+        let clients: Vec<TcpStream> = (0..200).map(|_| client(kill.local_addr())).collect();
+        let mut per_task = [0usize; 2];
+        for _ in 0..200 {
+            let conn = conns.recv_timeout(WAIT).expect("every client accepted");
+            let sock = tcp::accept(conn).unwrap();
+            let task = pool.index_of(&sock).expect("served by a task of the pool");
+            per_task[task] += 1;
+        }
+        if mode == PoolListener::PerTask {
+            // The kernel hashes each connection's addresses and ports to a socket: with 200
+            // clients, an even hash splits outside 60..=140 with probability 6e-9.
+            assert!(
+                per_task.iter().all(|&n| (60..=140).contains(&n)),
+                "SO_REUSEPORT spread {per_task:?}"
+            );
+        }
+        drop(clients);
+        kill.send(None).unwrap();
+        assert_eq!(thread.join().unwrap(), Ok(()));
+        pool.shutdown();
+    }
+}
+
+#[test]
+fn pool_pause_resume_and_close_free_the_port() {
+    for mode in POOL_MODES {
+        let pool = IoPool::spawn(2).unwrap();
+        let (conn_tx, conns) = mpsc::channel();
+        let options = ListenOptions::new().pool_listener(mode);
+        let (kill, thread) = serve_pool(&pool, options, move |conn, _| {
+            let _ = conn_tx.send(conn);
+        });
+        let addr = kill.local_addr();
+
+        kill.pause();
+        let _waiting: Vec<TcpStream> = (0..4).map(|_| client(addr)).collect();
+        assert!(
+            conns.recv_timeout(QUIET).is_err(),
+            "{mode:?}: accepted while paused"
+        );
+        kill.resume();
+        for _ in 0..4 {
+            let conn = conns.recv_timeout(WAIT);
+            conn.unwrap_or_else(|_| panic!("{mode:?}: not accepted after resume"));
+        }
+
+        kill.send(None).unwrap();
+        assert_eq!(thread.join().unwrap(), Ok(()));
+        // Every task closed its descriptor of the listening socket: the port is free.
+        std::net::TcpListener::bind(addr)
+            .unwrap_or_else(|e| panic!("{mode:?}: port still held after close: {e}"));
+        pool.shutdown();
+    }
 }
 
 #[test]

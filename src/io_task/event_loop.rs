@@ -305,6 +305,7 @@ impl EventLoop {
         reg.set_interest(Interest {
             read: !state.paused.load(Ordering::SeqCst),
             write: false,
+            exclusive: state.shared_socket,
         })?;
         vacant.insert(Entry::Listener(ListenerEntry {
             id,
@@ -322,7 +323,12 @@ impl EventLoop {
     fn update_listener_interest(&mut self, key: Key) {
         if let Some(Entry::Listener(l)) = self.get(key) {
             let read = !l.backing_off && !l.at_limit && !l.state.paused.load(Ordering::SeqCst);
-            if let Err(e) = l.reg.set_interest(Interest { read, write: false }) {
+            let exclusive = l.state.shared_socket;
+            if let Err(e) = l.reg.set_interest(Interest {
+                read,
+                write: false,
+                exclusive,
+            }) {
                 let _ = l.events.send(ListenEvent::Stopped(TcpError::from(e)));
             }
         }
@@ -546,6 +552,7 @@ impl EventLoop {
                     && !matches!(s.sink, Sink::None)
                     && s.stash.is_empty(),
             write: !s.writes.is_empty() && !s.dirty,
+            exclusive: false,
         };
         if let Err(e) = s.reg.set_interest(want) {
             // The kernel refused the registration (ENOMEM, ENOSPC): the socket can no longer

@@ -59,9 +59,15 @@ impl Registration {
                 self.interest = None;
                 self.poller.delete(self.socket.as_fd())?;
             }
-            (Some(_), false) => {
+            (Some(have), false) if !have.exclusive && !want.exclusive => {
                 self.poller.modify(self.socket.as_fd(), self.key, want)?;
                 self.interest = Some(want);
+            }
+            (Some(_), false) => {
+                // epoll refuses `EPOLL_CTL_MOD` on an exclusive registration.
+                self.interest = None;
+                self.poller.delete(self.socket.as_fd())?;
+                self.set_interest(want)?;
             }
             (None, false) => {
                 // SAFETY: the descriptor stays open while registered, because `self.socket`

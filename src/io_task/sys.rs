@@ -17,6 +17,10 @@ use socket2::Socket;
 pub(crate) struct Interest {
     pub(crate) read: bool,
     pub(crate) write: bool,
+    /// `EPOLLEXCLUSIVE`: of the epoll instances watching the same file this way, a ready
+    /// event wakes one (or a few), not all. Only for a listening socket shared by several
+    /// loops; epoll refuses to modify such a registration, so it is deleted and added again.
+    pub(crate) exclusive: bool,
 }
 
 impl Interest {
@@ -27,6 +31,18 @@ impl Interest {
     /// Level-triggered flags. Hang-ups and errors count as readable and writable, so that
     /// the read or write that follows reports them.
     fn flags(self) -> u32 {
+        if self.exclusive {
+            // epoll takes only `EPOLLIN`, `EPOLLOUT`, `EPOLLET` and `EPOLLWAKEUP` along with
+            // `EPOLLEXCLUSIVE`; hang-ups and errors are reported anyway.
+            let mut flags = libc::EPOLLEXCLUSIVE;
+            if self.read {
+                flags |= libc::EPOLLIN;
+            }
+            if self.write {
+                flags |= libc::EPOLLOUT;
+            }
+            return flags as u32;
+        }
         let mut flags = 0;
         if self.read {
             flags |= libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLPRI;

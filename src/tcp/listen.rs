@@ -16,7 +16,8 @@ use crate::oneshot;
 use crate::pool::IoPool;
 use crate::tcp::server::ListenerState;
 use crate::tcp::{
-    ListenError, ListenOptions, NewConnection, OnHandlerError, TcpError, ToListenAddrs,
+    ListenError, ListenOptions, NewConnection, OnHandlerError, PoolListener, TcpError,
+    ToListenAddrs,
 };
 
 /// What reaches the thread blocked in `listen`.
@@ -314,10 +315,13 @@ where
     )
 }
 
-/// [`listen_with`] on every I/O task of a pool: each task gets its own listening socket on
-/// the same address (`SO_REUSEPORT`), the kernel spreads incoming connections over them, and
-/// each connection lives on the task that accepted it. The callbacks still run on the
-/// calling thread; `max_connections` counts the connections of all tasks together.
+/// [`listen_with`] on every I/O task of a pool: by default each task gets its own listening
+/// socket on the same address (`SO_REUSEPORT`) and the kernel spreads incoming connections
+/// over them; [`ListenOptions::pool_listener`] can make the tasks share one socket instead
+/// ([`PoolListener`] compares the two). Each connection lives on the task that accepted it.
+/// The callbacks still run on the calling thread; `max_connections` counts the connections
+/// of all tasks together, and pausing, dropping incoming connections and closing apply to
+/// every task.
 ///
 /// # Errors
 ///
@@ -349,15 +353,10 @@ where
     E: FnOnce(KillChan),
     C: FnMut(NewConnection, &KillChan),
 {
-    let sockets = bind_all(addrs, options, tasks.len())?;
+    let shared = tasks.len() > 1 && options.pool_listener == PoolListener::Shared;
+    let sockets = bind_all(addrs, options, tasks.len(), shared)?;
     let local_addr = super::socket::as_inet(sockets[0].local_addr()?)?;
-    let state = Arc::new(ListenerState::new(
-        next_id(),
-        options.max_connections,
-        options.max_accepts_per_batch,
-        options.nodelay,
-        options.write_window,
-    ));
+    let state = Arc::new(ListenerState::new(next_id(), options, shared));
     let (tx, rx) = flume::unbounded();
     // From here on, dropping `running` closes whatever was registered.
     let running = Running {
@@ -471,15 +470,17 @@ impl Drop for Running {
     }
 }
 
-/// Creates `count` non-blocking listening sockets on the first address that binds (several
-/// only with `SO_REUSEPORT`, all on the port the first one got).
+/// Creates `count` non-blocking listening sockets on the first address that binds: with
+/// `shared`, descriptors of one socket; otherwise sockets of their own, bound with
+/// `SO_REUSEPORT` to the port the first one got when there are several.
 fn bind_all(
     addrs: &[SocketAddr],
     options: &ListenOptions,
     count: usize,
+    shared: bool,
 ) -> Result<Vec<Socket>, ListenError> {
     let mut options = options.clone();
-    if count > 1 {
+    if count > 1 && !shared {
         options.reuse_port = true;
     }
     let mut last = None;
@@ -487,10 +488,15 @@ fn bind_all(
         match bind(addr, &options) {
             Ok(first) => {
                 let bound = super::socket::as_inet(first.local_addr()?)?;
-                let mut sockets = vec![first];
+                let mut sockets = Vec::with_capacity(count);
                 for _ in 1..count {
-                    sockets.push(bind(bound, &options)?);
+                    sockets.push(if shared {
+                        first.try_clone()?
+                    } else {
+                        bind(bound, &options)?
+                    });
                 }
+                sockets.insert(0, first);
                 return Ok(sockets);
             }
             Err(e) => last = Some(e),

@@ -40,6 +40,31 @@ pub struct ListenOptions {
     pub(crate) max_accepts_per_batch: usize,
     pub(crate) write_window: Option<usize>,
     pub(crate) on_handler_error: OnHandlerError,
+    pub(crate) pool_listener: PoolListener,
+}
+
+/// How [`listen_on_pool`](super::listen_on_pool) spreads one address over the I/O tasks of
+/// a pool. Each accepted connection lives on the task that accepted it, in both modes.
+///
+/// `PerTask` is the default because it spreads connections evenly and `Shared` does not:
+/// epoll wakes the task that started waiting last, so whichever task is idle most takes
+/// most clients. Measured on a pool of two tasks, 1,000 connections opened at once went
+/// 497 / 503 with `PerTask` and 964 / 36 with `Shared`; opened one after another, 491 /
+/// 509 and 785 / 215. Throughput in the benchmark was the same within noise (ARCHITECTURE.md,
+/// "Pool listeners"). `Shared` suits a server whose tasks are mostly idle and whose clients
+/// should never queue behind a busy task while another is free.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PoolListener {
+    /// One listening socket per task, all bound to the address with `SO_REUSEPORT`; the
+    /// kernel hashes each incoming connection (by its addresses and ports) to one socket.
+    /// A connection waits in its socket's queue even while another task is idle.
+    #[default]
+    PerTask,
+    /// One listening socket, registered with every task's epoll with `EPOLLEXCLUSIVE`:
+    /// a new connection wakes one waiting task (not all of them), and whichever task
+    /// accepts first takes it. No `SO_REUSEPORT` is needed.
+    Shared,
 }
 
 /// A function told about a panic in `new_connect`: the client's address (when still known)
@@ -92,6 +117,7 @@ impl ListenOptions {
             max_accepts_per_batch: 64,
             write_window: Some(DEFAULT_WRITE_WINDOW),
             on_handler_error: OnHandlerError::Raise,
+            pool_listener: PoolListener::PerTask,
         }
     }
 
@@ -162,6 +188,13 @@ impl ListenOptions {
     /// What a panic in `new_connect` does (default [`OnHandlerError::Raise`]).
     pub fn on_handler_error(mut self, policy: OnHandlerError) -> ListenOptions {
         self.on_handler_error = policy;
+        self
+    }
+
+    /// How a listen on a pool shares the address between its tasks (default
+    /// [`PoolListener::PerTask`]). Ignored by a listen on one task.
+    pub fn pool_listener(mut self, mode: PoolListener) -> ListenOptions {
+        self.pool_listener = mode;
         self
     }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::io_task::Shared;
 use crate::io_task::command::Command;
 use crate::io_task::entry::Key;
+use crate::tcp::ListenOptions;
 
 /// The shared state of one `listen` call (one listening socket per I/O task serving it).
 #[derive(Debug)]
@@ -17,6 +18,9 @@ pub(crate) struct ListenerState {
     pub(crate) max_accepts_per_batch: usize,
     pub(crate) nodelay: bool,
     pub(crate) write_window: Option<usize>,
+    /// One listening socket registered with every task (`EPOLLEXCLUSIVE`), rather than one
+    /// socket per task.
+    pub(crate) shared_socket: bool,
     /// Connections accepted from this listener and still in a slab.
     num_connections: AtomicUsize,
     pub(crate) drop_incoming: AtomicBool,
@@ -33,19 +37,14 @@ pub(crate) struct ListenerState {
 }
 
 impl ListenerState {
-    pub(crate) fn new(
-        id: u64,
-        max_connections: Option<usize>,
-        max_accepts_per_batch: usize,
-        nodelay: bool,
-        write_window: Option<usize>,
-    ) -> ListenerState {
+    pub(crate) fn new(id: u64, options: &ListenOptions, shared_socket: bool) -> ListenerState {
         ListenerState {
             id,
-            max_connections,
-            max_accepts_per_batch,
-            nodelay,
-            write_window,
+            max_connections: options.max_connections,
+            max_accepts_per_batch: options.max_accepts_per_batch,
+            nodelay: options.nodelay,
+            write_window: options.write_window,
+            shared_socket,
             num_connections: AtomicUsize::new(0),
             drop_incoming: AtomicBool::new(false),
             paused: AtomicBool::new(false),

@@ -102,6 +102,11 @@ impl NewConnection {
 }
 
 impl TcpSocket {
+    /// The I/O task serving this socket.
+    pub(crate) fn task(&self) -> &Arc<Shared> {
+        &self.task
+    }
+
     pub(crate) fn new(
         key: Key,
         task: Arc<Shared>,

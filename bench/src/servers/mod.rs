@@ -19,6 +19,8 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+use iotask::tcp::PoolListener;
+
 /// Bytes read at most per `read` call by the tokio, std and mio servers: 64 KiB, as
 /// iotask's default `read_buffer`.
 pub const ECHO_BUFFER: usize = 64 * 1024;
@@ -34,6 +36,8 @@ pub enum Peer {
     IotaskActorSpin,
     /// As `IotaskActor`, on a pool of 2 I/O tasks with one actor each.
     IotaskPool,
+    /// As `IotaskPool`, the tasks sharing one listening socket.
+    IotaskPoolShared,
     /// tokio, current-thread runtime, a task per connection.
     TokioCt,
     /// tokio, multi-thread runtime with 2 workers, a task per connection.
@@ -46,11 +50,12 @@ pub enum Peer {
 
 impl Peer {
     /// Every peer, in table order.
-    pub const ALL: [Peer; 8] = [
+    pub const ALL: [Peer; 9] = [
         Peer::IotaskPorts,
         Peer::IotaskActor,
         Peer::IotaskActorSpin,
         Peer::IotaskPool,
+        Peer::IotaskPoolShared,
         Peer::TokioCt,
         Peer::TokioMt,
         Peer::Mio,
@@ -64,6 +69,7 @@ impl Peer {
             Peer::IotaskActor => "iotask-actor",
             Peer::IotaskActorSpin => "iotask-actor-spin",
             Peer::IotaskPool => "iotask-pool",
+            Peer::IotaskPoolShared => "iotask-pool-shared",
             Peer::TokioCt => "tokio-ct",
             Peer::TokioMt => "tokio-mt",
             Peer::Mio => "mio",
@@ -84,7 +90,10 @@ impl Peer {
                 "as iotask-actor, I/O task built with `Builder::spin(50 µs)` (opt-in low latency)"
             }
             Peer::IotaskPool => {
-                "as iotask-actor on an `IoPool` of 2 I/O tasks (`listen_on_pool`, one `SO_REUSEPORT` listener each), one actor per task"
+                "as iotask-actor on an `IoPool` of 2 I/O tasks (`listen_on_pool`, one `SO_REUSEPORT` listener each), one actor per task, each socket handed to the actor of its task"
+            }
+            Peer::IotaskPoolShared => {
+                "as iotask-pool, the tasks sharing one listening socket (`PoolListener::Shared`, `EPOLLEXCLUSIVE`)"
             }
             Peer::TokioCt => {
                 "tokio current_thread runtime, a task per connection: `read_buf` into a 64 KiB buffer, `write_all`"
@@ -103,7 +112,11 @@ impl Peer {
     pub fn is_iotask(self) -> bool {
         matches!(
             self,
-            Peer::IotaskPorts | Peer::IotaskActor | Peer::IotaskActorSpin | Peer::IotaskPool
+            Peer::IotaskPorts
+                | Peer::IotaskActor
+                | Peer::IotaskActorSpin
+                | Peer::IotaskPool
+                | Peer::IotaskPoolShared
         )
     }
 }
@@ -136,7 +149,8 @@ pub fn serve(peer: Peer, addr: &str) -> io::Result<()> {
         Peer::IotaskActorSpin => {
             iotask_actor::serve(addr, Some(std::time::Duration::from_micros(50)))
         }
-        Peer::IotaskPool => iotask_actor::serve_pool(addr, 2),
+        Peer::IotaskPool => iotask_actor::serve_pool(addr, 2, PoolListener::PerTask),
+        Peer::IotaskPoolShared => iotask_actor::serve_pool(addr, 2, PoolListener::Shared),
         Peer::TokioCt => tokio_echo::serve(addr, None),
         Peer::TokioMt => tokio_echo::serve(addr, Some(2)),
         Peer::Mio => mio_floor::serve(addr),
