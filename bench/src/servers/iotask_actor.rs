@@ -34,12 +34,17 @@ pub(super) fn serve(addr: &str, spin: Option<Duration>) -> io::Result<()> {
     .map_err(|e| io::Error::other(e.to_string()))
 }
 
-/// The same actors on an `IoPool` of `loops` I/O tasks, one actor per task: each accepted
-/// socket goes to the actor of the task it lives on ([`IoPool::index_of`]), so an actor's
-/// writes wake one loop (dealing sockets out in turn instead measured 0.92× / 0.95× of
-/// this in S2, pinned / unpinned, and 1.06× / 0.76× in S7). `mode` says whether the tasks listen on sockets of their own
+/// The same actors on an `IoPool` of `loops` I/O tasks, one actor per task. With `paired`,
+/// each accepted socket goes to the actor of the task it lives on ([`IoPool::index_of`]),
+/// so an actor's writes wake one loop; without, sockets are dealt to the actors in turn
+/// (the `iotask-pool-rr` control). `mode` says whether the tasks listen on sockets of their own
 /// (`SO_REUSEPORT`) or share one (`EPOLLEXCLUSIVE`).
-pub(super) fn serve_pool(addr: &str, loops: usize, mode: PoolListener) -> io::Result<()> {
+pub(super) fn serve_pool(
+    addr: &str,
+    loops: usize,
+    mode: PoolListener,
+    paired: bool,
+) -> io::Result<()> {
     let pool = IoPool::spawn(loops)?;
     let mut actors = Vec::new();
     for i in 0..loops {
@@ -49,6 +54,7 @@ pub(super) fn serve_pool(addr: &str, loops: usize, mode: PoolListener) -> io::Re
             .name(format!("echo-actor-{i}"))
             .spawn(move || actor(mailbox))?;
     }
+    let mut next = 0;
     let options = ListenOptions::new().backlog(1024).pool_listener(mode);
     tcp::listen_on_pool(
         addr,
@@ -58,7 +64,11 @@ pub(super) fn serve_pool(addr: &str, loops: usize, mode: PoolListener) -> io::Re
         move |new_conn, _kill| match tcp::accept(new_conn) {
             Ok(sock) => {
                 // Every socket accepted here lives on a task of `pool`.
-                let i = pool.index_of(&sock).unwrap_or(0);
+                let i = match pool.index_of(&sock) {
+                    Some(i) if paired => i,
+                    _ => next % actors.len(),
+                };
+                next += 1;
                 let _ = actors[i].send(sock);
             }
             Err(e) => eprintln!("iotask-pool: accept: {e}"),

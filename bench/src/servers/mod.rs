@@ -38,6 +38,8 @@ pub enum Peer {
     IotaskPool,
     /// As `IotaskPool`, the tasks sharing one listening socket.
     IotaskPoolShared,
+    /// As `IotaskPool`, sockets dealt to the actors in turn rather than paired by task.
+    IotaskPoolRr,
     /// tokio, current-thread runtime, a task per connection.
     TokioCt,
     /// tokio, multi-thread runtime with 2 workers, a task per connection.
@@ -50,12 +52,13 @@ pub enum Peer {
 
 impl Peer {
     /// Every peer, in table order.
-    pub const ALL: [Peer; 9] = [
+    pub const ALL: [Peer; 10] = [
         Peer::IotaskPorts,
         Peer::IotaskActor,
         Peer::IotaskActorSpin,
         Peer::IotaskPool,
         Peer::IotaskPoolShared,
+        Peer::IotaskPoolRr,
         Peer::TokioCt,
         Peer::TokioMt,
         Peer::Mio,
@@ -70,6 +73,7 @@ impl Peer {
             Peer::IotaskActorSpin => "iotask-actor-spin",
             Peer::IotaskPool => "iotask-pool",
             Peer::IotaskPoolShared => "iotask-pool-shared",
+            Peer::IotaskPoolRr => "iotask-pool-rr",
             Peer::TokioCt => "tokio-ct",
             Peer::TokioMt => "tokio-mt",
             Peer::Mio => "mio",
@@ -95,6 +99,9 @@ impl Peer {
             Peer::IotaskPoolShared => {
                 "as iotask-pool, the tasks sharing one listening socket (`PoolListener::Shared`, `EPOLLEXCLUSIVE`)"
             }
+            Peer::IotaskPoolRr => {
+                "as iotask-pool, each socket handed to the actors in turn, whatever its task (the pairing's control)"
+            }
             Peer::TokioCt => {
                 "tokio current_thread runtime, a task per connection: `read_buf` into a 64 KiB buffer, `write_all`"
             }
@@ -117,6 +124,7 @@ impl Peer {
                 | Peer::IotaskActorSpin
                 | Peer::IotaskPool
                 | Peer::IotaskPoolShared
+                | Peer::IotaskPoolRr
         )
     }
 }
@@ -149,8 +157,9 @@ pub fn serve(peer: Peer, addr: &str) -> io::Result<()> {
         Peer::IotaskActorSpin => {
             iotask_actor::serve(addr, Some(std::time::Duration::from_micros(50)))
         }
-        Peer::IotaskPool => iotask_actor::serve_pool(addr, 2, PoolListener::PerTask),
-        Peer::IotaskPoolShared => iotask_actor::serve_pool(addr, 2, PoolListener::Shared),
+        Peer::IotaskPool => iotask_actor::serve_pool(addr, 2, PoolListener::PerTask, true),
+        Peer::IotaskPoolShared => iotask_actor::serve_pool(addr, 2, PoolListener::Shared, true),
+        Peer::IotaskPoolRr => iotask_actor::serve_pool(addr, 2, PoolListener::PerTask, false),
         Peer::TokioCt => tokio_echo::serve(addr, None),
         Peer::TokioMt => tokio_echo::serve(addr, Some(2)),
         Peer::Mio => mio_floor::serve(addr),
