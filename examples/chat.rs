@@ -6,7 +6,8 @@
 //! socat - TCP:127.0.0.1:7000     # in two or more terminals
 //! ```
 //!
-//! One actor thread owns every client socket. All their reads arrive on its [`Mailbox`];
+//! One actor thread owns every client socket. The I/O task hands each connection straight
+//! to the actor's [`Mailbox`] (`tcp::listen_into`), and all their reads arrive there too;
 //! the actor cuts them into lines, keeping each client's unfinished line until its newline
 //! comes, and writes each line to the others. Clients joining and leaving are announced:
 //!
@@ -24,7 +25,7 @@ use std::collections::HashMap;
 use std::error::Error;
 use std::io::Write;
 
-use iotask::tcp::{self, KillChan, ListenError, TcpSocket};
+use iotask::tcp::{self, KillChan, ListenError, ListenOptions, TcpSocket};
 use iotask::{Event, IoTask, Mailbox, SocketId};
 
 /// How many bytes of one client's unfinished line the room holds. Once that many wait, they
@@ -38,11 +39,9 @@ pub const MAX_LINE: usize = 4096;
 /// most 4 MiB of input), so only a member that stopped reading reaches it.
 pub const MAX_BACKLOG: usize = 16 * 1024 * 1024;
 
-/// What the listener tells the room.
+/// What [`serve`] tells the room.
 #[derive(Debug)]
 pub enum Command {
-    /// A new client entered the room.
-    Join(TcpSocket),
     /// The listener stopped: close every connection and return.
     Stop,
 }
@@ -58,14 +57,13 @@ pub fn serve(
 ) -> Result<(), ListenError> {
     let mailbox = Mailbox::new();
     let room_mail = mailbox.sender();
+    let server = tcp::listen_into(addr, &ListenOptions::new().backlog(128), iotask, &mailbox)?;
+    on_bound(server.kill_chan().clone());
+    // Started only now, so that a panic in `on_bound` leaves no thread behind; clients who
+    // connect meanwhile wait in the mailbox.
     let room = std::thread::spawn(move || chat_room(mailbox));
 
-    let result = tcp::listen(addr, 128, iotask, on_bound, |new_conn, _kill| {
-        if let Ok(sock) = tcp::accept(new_conn) {
-            // The room runs until told to stop, so this send cannot fail.
-            let _ = room_mail.send(Command::Join(sock));
-        }
-    });
+    let result = server.wait();
 
     let _ = room_mail.send(Command::Stop);
     let _ = room.join();
@@ -113,12 +111,10 @@ pub fn chat_room(mut mailbox: Mailbox<Command>) {
     let mut members: HashMap<SocketId, Member> = HashMap::new();
     loop {
         match mailbox.recv() {
-            Event::Message(Command::Join(sock)) => {
-                // A client that reset the connection already has no address; skip it.
+            Event::Accepted(sock) => {
+                // A client that reset the connection already has no address; dropping its
+                // socket closes it.
                 let Ok(peer) = sock.peer_addr() else { continue };
-                if sock.attach(&mailbox).is_err() {
-                    continue;
-                }
                 let id = sock.id();
                 send_to_others(&mut members, id, format!("* {peer} joined\n").as_bytes());
                 let name = peer.to_string();

@@ -5,9 +5,10 @@
 //! socat - TCP:127.0.0.1:7000
 //! ```
 //!
-//! The listener accepts each connection and sends the socket to the actor. The actor
-//! attaches every socket to its [`Mailbox`], so the reads of all clients arrive on one
-//! queue, tagged with their socket, and one thread serves them all.
+//! The I/O task accepts each connection and hands it straight to the actor's [`Mailbox`]
+//! (`tcp::listen_into`): the actor receives the socket, already attached, followed by its
+//! reads. So the reads of all clients arrive on one queue, tagged with their socket, and
+//! one thread serves them all, with no listener thread in between.
 //!
 //! The first argument is the address to listen on (default `127.0.0.1:7000`; give
 //! `127.0.0.1:0` for any free port). The server prints the address it bound and serves
@@ -17,14 +18,12 @@ use std::collections::HashMap;
 use std::error::Error;
 use std::io::Write;
 
-use iotask::tcp::{self, KillChan, ListenError, TcpSocket};
+use iotask::tcp::{self, KillChan, ListenError, ListenOptions};
 use iotask::{Event, IoTask, Mailbox};
 
-/// What the listener tells the actor.
+/// What [`serve`] tells the actor.
 #[derive(Debug)]
 pub enum Command {
-    /// A new client: serve it.
-    Serve(TcpSocket),
     /// The listener stopped: close every connection and return.
     Stop,
 }
@@ -40,14 +39,13 @@ pub fn serve(
 ) -> Result<(), ListenError> {
     let mailbox = Mailbox::new();
     let actor_mail = mailbox.sender();
+    let server = tcp::listen_into(addr, &ListenOptions::new().backlog(128), iotask, &mailbox)?;
+    on_bound(server.kill_chan().clone());
+    // Started only now, so that a panic in `on_bound` leaves no thread behind; connections
+    // accepted meanwhile wait in the mailbox.
     let actor = std::thread::spawn(move || echo_actor(mailbox));
 
-    let result = tcp::listen(addr, 128, iotask, on_bound, |new_conn, _kill| {
-        if let Ok(sock) = tcp::accept(new_conn) {
-            // The actor runs until told to stop, so this send cannot fail.
-            let _ = actor_mail.send(Command::Serve(sock));
-        }
-    });
+    let result = server.wait();
 
     let _ = actor_mail.send(Command::Stop);
     let _ = actor.join();
@@ -59,10 +57,8 @@ pub fn echo_actor(mut mailbox: Mailbox<Command>) {
     let mut sockets = HashMap::new();
     loop {
         match mailbox.recv() {
-            Event::Message(Command::Serve(sock)) => {
-                if sock.attach(&mailbox).is_ok() {
-                    sockets.insert(sock.id(), sock);
-                }
+            Event::Accepted(sock) => {
+                sockets.insert(sock.id(), sock);
             }
             Event::Data { socket, data } => {
                 if let Some(sock) = sockets.get(&socket) {

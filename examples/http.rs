@@ -105,7 +105,7 @@ fn http_actor(mut mailbox: Mailbox<Message>) {
     let mut clients: HashMap<SocketId, Connection> = HashMap::new();
     loop {
         match mailbox.recv() {
-            Event::Message(Message::Connection(sock)) => welcome(&mut clients, sock, &mailbox),
+            Event::Accepted(sock) => welcome(&mut clients, sock),
             Event::Data { socket, data } => {
                 if let Some(client) = clients.get_mut(&socket) {
                     if client.serve(data) == After::Close {
@@ -122,22 +122,15 @@ fn http_actor(mut mailbox: Mailbox<Message>) {
     }
 }
 
-/// Starts serving a new client: its reads join the actor's mailbox.
-fn welcome(
-    clients: &mut HashMap<SocketId, Connection>,
-    sock: TcpSocket,
-    mailbox: &Mailbox<Message>,
-) {
-    // Only a stopped I/O task refuses; dropping the socket then closes it.
-    if sock.attach(mailbox).is_ok() {
-        let client = Connection {
-            sock,
-            input: Vec::new(),
-            waiting: None,
-            continued: false,
-        };
-        clients.insert(client.sock.id(), client);
-    }
+/// Starts serving a new client, whose reads already come to the actor's mailbox.
+fn welcome(clients: &mut HashMap<SocketId, Connection>, sock: TcpSocket) {
+    let client = Connection {
+        sock,
+        input: Vec::new(),
+        waiting: None,
+        continued: false,
+    };
+    clients.insert(client.sock.id(), client);
 }
 
 impl Connection {

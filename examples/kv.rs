@@ -13,9 +13,9 @@
 //!
 //! # Design
 //!
-//! The thread that calls `listen` only accepts connections and hands each socket to the
-//! store actor. The actor owns the data and every client socket: it attaches them all to
-//! its [`Mailbox`], so the reads of every client arrive on one queue, tagged with their
+//! The I/O task accepts each connection and hands it straight to the store actor's
+//! [`Mailbox`] (`tcp::listen_into`), already attached, so the reads of every client arrive
+//! on that one queue, tagged with their socket. The actor owns the data and every client
 //! socket. Nothing is shared, so nothing is locked, and commands run one at a time, in
 //! arrival order, as in Redis.
 //!
@@ -92,9 +92,7 @@ fn store_actor(mut mailbox: Mailbox<Message>) {
     loop {
         let until_sweep = next_sweep.saturating_duration_since(Instant::now());
         match mailbox.recv_timeout(until_sweep) {
-            Some(Event::Message(Message::Connection(sock))) => {
-                welcome(&mut clients, sock, &mailbox);
-            }
+            Some(Event::Accepted(sock)) => welcome(&mut clients, sock),
             Some(Event::Data { socket, data }) => {
                 if let Some(client) = clients.get_mut(&socket) {
                     if client.serve(data, &mut store) == After::Close {
@@ -118,17 +116,10 @@ fn store_actor(mut mailbox: Mailbox<Message>) {
     }
 }
 
-/// Starts serving a new client: its reads join the actor's mailbox.
-fn welcome(
-    clients: &mut HashMap<SocketId, Connection>,
-    sock: TcpSocket,
-    mailbox: &Mailbox<Message>,
-) {
-    // Only a stopped I/O task refuses; dropping the socket then closes it.
-    if sock.attach(mailbox).is_ok() {
-        let input = Vec::new();
-        clients.insert(sock.id(), Connection { sock, input });
-    }
+/// Starts serving a new client, whose reads already come to the actor's mailbox.
+fn welcome(clients: &mut HashMap<SocketId, Connection>, sock: TcpSocket) {
+    let input = Vec::new();
+    clients.insert(sock.id(), Connection { sock, input });
 }
 
 impl Connection {

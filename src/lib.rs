@@ -17,6 +17,7 @@
 //!   resolves when the kernel has them.
 //! - A [`Mailbox`] receives the reads of many sockets, each chunk tagged with its socket,
 //!   plus the actor's own messages: one thread can own thousands of connections.
+//!   [`tcp::listen_into`] feeds one with a listener's connections directly.
 //!
 //! # Thread model
 //!

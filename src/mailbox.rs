@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::io_task::entry::{Delivery, Inbox, Window};
-use crate::tcp::TcpError;
+use crate::tcp::{TcpError, TcpSocket};
 
 /// Default bytes a mailbox may hold unreceived before its sockets stop being read.
 const DEFAULT_WINDOW: usize = 4 * 1024 * 1024;
@@ -40,6 +40,10 @@ pub enum Event<M> {
         /// Why.
         error: TcpError,
     },
+    /// A connection accepted by a listener that feeds this mailbox
+    /// ([`tcp::listen_into`](crate::tcp::listen_into)). It is attached already: its `Data`
+    /// and `Closed` events come after this one. Dropping it closes the connection.
+    Accepted(TcpSocket),
     /// A message sent through a [`MailboxSender`].
     Message(M),
 }
@@ -95,6 +99,8 @@ pub enum Event<M> {
 ///             Event::Closed { socket, .. } => {
 ///                 sockets.remove(&socket);
 ///             }
+///             // Only a listener started with `tcp::listen_into` sends these.
+///             Event::Accepted(_) => unreachable!(),
 ///         }
 ///     }
 /// });
@@ -235,7 +241,10 @@ impl<M: Send + 'static> Mailbox<M> {
     }
 
     fn next_buffered(&mut self) -> Option<Event<M>> {
-        let Delivery { key, chunk } = self.batch.pop_front()?;
+        let (key, chunk) = match self.batch.pop_front()? {
+            Delivery::Read { key, chunk } => (key, chunk),
+            Delivery::Accepted(socket) => return Some(Event::Accepted(socket)),
+        };
         let socket = SocketId(key.id);
         Some(match chunk {
             Ok(data) => {

@@ -24,7 +24,9 @@ use std::time::Duration;
 pub use buf::TcpSocketBuf;
 pub use error::{ConnectError, ListenError, TcpError};
 pub use future::{ReadFuture, WriteFuture};
-pub use listen::{CloseMode, KillChan, listen, listen_on_pool, listen_with};
+pub use listen::{
+    CloseMode, KillChan, listen, listen_into, listen_on_pool, listen_on_pool_into, listen_with,
+};
 pub use options::{HandlerErrorFn, ListenOptions, OnHandlerError, PoolListener, ToListenAddrs};
 pub use port::ReadPort;
 pub use socket::{NewConnection, TcpSocket};

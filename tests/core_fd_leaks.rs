@@ -345,6 +345,46 @@ fn no_drop_order_leaks_a_descriptor_panics_or_hangs() {
         assert!(r.is_err());
     });
 
+    scenario(
+        "mailbox listener: stopped, dropped, its mailbox dropped, shut down with connections",
+        default(),
+        |iotask| {
+            let options = ListenOptions::new();
+            // Stopped with connections open, which are then dropped in both orders.
+            let mut mailbox: Mailbox<()> = Mailbox::new();
+            let server = tcp::listen_into("127.0.0.1:0", &options, iotask, &mailbox).unwrap();
+            let clients: Vec<TcpStream> = (0..4)
+                .map(|_| TcpStream::connect(server.local_addr()).unwrap())
+                .collect();
+            let mut accepted = Vec::new();
+            while accepted.len() < 4 {
+                if let Event::Accepted(sock) = mailbox.recv_timeout(TIMEOUT).expect("events") {
+                    accepted.push(sock);
+                }
+            }
+            server.stop().unwrap();
+            accepted.truncate(2);
+            drop(clients);
+            drop(accepted);
+            // Connections the mailbox never received, then the server dropped.
+            let server = tcp::listen_into("127.0.0.1:0", &options, iotask, &mailbox).unwrap();
+            let clients: Vec<TcpStream> = (0..4)
+                .map(|_| TcpStream::connect(server.local_addr()).unwrap())
+                .collect();
+            assert!(wait_until(SETTLE, || server.kill_chan().num_connections() == 4));
+            drop(mailbox);
+            drop(server);
+            drop(clients);
+            // The mailbox dropped first: the listener closes itself.
+            let mailbox: Mailbox<()> = Mailbox::new();
+            let server = tcp::listen_into("127.0.0.1:0", &options, iotask, &mailbox).unwrap();
+            drop(mailbox);
+            let client = TcpStream::connect(server.local_addr()).unwrap();
+            assert!(server.wait().is_err());
+            drop(client);
+        },
+    );
+
     scenario("mailbox dropped before its sockets", default(), |iotask| {
         let mailbox: Mailbox<()> = Mailbox::new();
         let pairs: Vec<_> = (0..5).map(|_| connected_pair(iotask)).collect();

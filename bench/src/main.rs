@@ -36,8 +36,8 @@ usage:
                [--rounds N] [--duration SECS] [--no-syscalls] [--out-md FILE] [--out-svg FILE]
       Runs every scenario against every peer, interleaved, and writes a markdown report
       (stdout unless --out-md) and an SVG chart (default: bench/chart.svg).
-      Peers: iotask-ports, iotask-actor, iotask-actor-spin, iotask-pool, iotask-pool-shared,
-      iotask-pool-rr, tokio-ct, tokio-mt, mio, std-threads.
+      Peers: iotask-ports, iotask-actor, iotask-actor-listen, iotask-actor-spin, iotask-pool,
+      iotask-pool-shared, iotask-pool-rr, tokio-ct, tokio-mt, mio, std-threads.
   iotask-bench redis --kv-bin PATH [--quick] [--rounds N] [--requests N] [--out-md FILE]
       Runs redis-benchmark against redis-server and against the RESP server at PATH
       (started as `PATH 127.0.0.1:PORT`), interleaved; prints a markdown table.

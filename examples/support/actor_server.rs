@@ -1,18 +1,16 @@
-//! What the kv and http examples share: a listener on a thread of its own that hands every
-//! connection to one actor thread, and stops that actor when it stops.
+//! What the kv and http examples share: a listener whose I/O task hands every connection
+//! straight to one actor thread's mailbox, and the way to stop both together.
 
 use std::io;
 use std::net::SocketAddr;
 use std::thread::{self, JoinHandle};
 
-use iotask::tcp::{self, ListenOptions, TcpSocket};
+use iotask::tcp::{self, ListenOptions};
 use iotask::{IoTask, Mailbox, MailboxSender};
 
-/// What the listener tells the actor.
+/// What the server tells the actor; its connections come as `Event::Accepted`.
 #[derive(Debug)]
 pub enum Message {
-    /// A new client to serve.
-    Connection(TcpSocket),
     /// The listener stopped: close every connection and return.
     Stop,
 }
@@ -31,8 +29,8 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Stops listening, closes every client connection, and returns once the server's
-    /// threads have ended.
+    /// Stops listening, closes every client connection, and returns once the actor's
+    /// thread has ended.
     ///
     /// # Errors
     ///
@@ -73,8 +71,8 @@ fn finish(
     Ok(stopped?)
 }
 
-/// Starts the actor on a thread named `name` and a listener on `addr` that hands it every
-/// connection; returns once the port is bound.
+/// Listens on `addr` and starts the actor on a thread named `name`, its mailbox fed with
+/// every connection; returns once the port is bound.
 ///
 /// # Errors
 ///
@@ -87,29 +85,16 @@ pub fn start(
 ) -> io::Result<Server> {
     let mailbox = Mailbox::new();
     let to_actor = mailbox.sender();
+    let options = ListenOptions::new().backlog(1024);
+    // Connections accepted before the actor runs wait in its mailbox. Should the thread not
+    // start, dropping the listener stops it and dropping the mailbox closes them.
+    let listener = tcp::listen_into(addr, &options, iotask, &to_actor)?;
     let actor = thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || actor(mailbox))?;
-    let options = ListenOptions::new().backlog(1024);
-    let listener = tcp::spawn_listen(addr, &options, iotask, {
-        let to_actor = to_actor.clone();
-        move |new_conn, _kill| {
-            if let Ok(sock) = tcp::accept(new_conn) {
-                // The actor lives until told to stop, so this cannot fail.
-                let _ = to_actor.send(Message::Connection(sock));
-            }
-        }
-    });
-    match listener {
-        Ok(listener) => Ok(Server {
-            listener,
-            to_actor,
-            actor,
-        }),
-        Err(e) => {
-            let _ = to_actor.send(Message::Stop);
-            let _ = actor.join();
-            Err(e.into())
-        }
-    }
+    Ok(Server {
+        listener,
+        to_actor,
+        actor,
+    })
 }

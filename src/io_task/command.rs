@@ -10,19 +10,19 @@ use std::time::Instant;
 
 use socket2::Socket;
 
-use crate::io_task::entry::{Chunk, Key, Sink, Window};
+use crate::io_task::entry::{AcceptTarget, Chunk, Key, Sink, Window};
 use crate::oneshot;
+use crate::tcp::TcpError;
 use crate::tcp::server::ListenerState;
-use crate::tcp::{ListenEvent, TcpError};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, TcpError>>;
 
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// Serve a bound, listening, non-blocking socket; accepted connections go to `events`.
+    /// Serve a bound, listening, non-blocking socket; accepted connections go to `target`.
     AddListener {
         socket: Socket,
-        events: flume::Sender<ListenEvent>,
+        target: AcceptTarget,
         state: Arc<ListenerState>,
         reply: Reply<Key>,
     },

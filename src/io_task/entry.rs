@@ -11,7 +11,7 @@ use crate::io_task::command::Command;
 use crate::io_task::registration::Registration;
 use crate::oneshot;
 use crate::tcp::server::{ConnectionGuard, ListenerState};
-use crate::tcp::{ListenEvent, TcpError};
+use crate::tcp::{ListenEvent, TcpError, TcpSocket};
 
 /// A slab index plus the unique id of the socket or listener that held it when the key was
 /// made. Slab indices are reused; ids never are, so a late command for a closed socket can
@@ -60,8 +60,8 @@ impl Entry {
 pub(crate) struct ListenerEntry {
     pub(crate) id: u64,
     pub(crate) reg: Registration,
-    /// Where accepted connections go: the thread blocked in `listen`.
-    pub(crate) events: flume::Sender<ListenEvent>,
+    /// Where accepted connections go.
+    pub(crate) target: AcceptTarget,
     /// Limits, flags and counters shared with the `listen` thread and the `KillChan`.
     pub(crate) state: Arc<ListenerState>,
     /// Set while accepting is suspended after `EMFILE`/`ENFILE`, until a timer retries.
@@ -70,6 +70,27 @@ pub(crate) struct ListenerEntry {
     pub(crate) at_limit: bool,
     /// Declared after `reg`, so it tells waiters only once the descriptor is closed.
     pub(crate) _closed: ListenerClosed,
+}
+
+/// Where a listener's accepted connections go.
+pub(crate) enum AcceptTarget {
+    /// The thread blocked in `listen`, as `NewConnection`s.
+    Thread(flume::Sender<ListenEvent>),
+    /// A mailbox (`listen_into`): each connection is attached to it on the I/O thread and
+    /// announced as `Event::Accepted`, ahead of its first read.
+    Mailbox {
+        inbox: Arc<dyn Inbox>,
+        window: Arc<Window>,
+    },
+}
+
+impl std::fmt::Debug for AcceptTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AcceptTarget::Thread(_) => "Thread",
+            AcceptTarget::Mailbox { .. } => "Mailbox",
+        })
+    }
 }
 
 /// Counts a listening socket as open while it is in a slab, and tells the listener's
@@ -180,11 +201,13 @@ impl Sink {
     }
 }
 
-/// A socket's read delivered to a mailbox.
+/// What the loop delivers to a mailbox.
 #[derive(Debug)]
-pub(crate) struct Delivery {
-    pub(crate) key: Key,
-    pub(crate) chunk: Chunk,
+pub(crate) enum Delivery {
+    /// A socket's read (or the error that ended reading).
+    Read { key: Key, chunk: Chunk },
+    /// A connection accepted by a listener feeding the mailbox, already attached to it.
+    Accepted(TcpSocket),
 }
 
 /// The receiving end of a mailbox, as the loop sees it (the mailbox's message type erased).

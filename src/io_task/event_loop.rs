@@ -16,14 +16,14 @@ use socket2::Socket;
 
 use crate::io_task::command::Command;
 use crate::io_task::entry::{
-    Chunk, Delivery, Entry, Inbox, Key, ListenerClosed, ListenerEntry, PendingWrite, QUEUED_CLOSED,
-    Sink, SocketEntry, next_id,
+    AcceptTarget, Chunk, Delivery, Entry, Inbox, Key, ListenerClosed, ListenerEntry, PendingWrite,
+    QUEUED_CLOSED, Sink, SocketEntry, next_id,
 };
 use crate::io_task::registration::{Interest, Registration};
 use crate::io_task::sys::{Events, accept_nonblocking, recv_spare};
 use crate::io_task::{Config, Shared};
 use crate::tcp::server::{ConnectionGuard, ListenerState};
-use crate::tcp::{ListenEvent, NewConnection, TcpError};
+use crate::tcp::{ListenEvent, NewConnection, TcpError, TcpSocket};
 
 /// Reads of a full buffer per socket per cycle before other sockets get a turn.
 const READS_PER_CYCLE: usize = 4;
@@ -159,11 +159,11 @@ impl EventLoop {
         match command {
             Command::AddListener {
                 socket,
-                events,
+                target,
                 state,
                 reply,
             } => {
-                let _ = reply.send(self.add_listener(socket, events, state));
+                let _ = reply.send(self.add_listener(socket, target, state));
             }
             Command::CloseListener {
                 key,
@@ -292,7 +292,7 @@ impl EventLoop {
     fn add_listener(
         &mut self,
         socket: Socket,
-        events: flume::Sender<ListenEvent>,
+        target: AcceptTarget,
         state: Arc<ListenerState>,
     ) -> Result<Key, TcpError> {
         let id = next_id();
@@ -310,7 +310,7 @@ impl EventLoop {
         vacant.insert(Entry::Listener(ListenerEntry {
             id,
             reg,
-            events,
+            target,
             _closed: ListenerClosed::new(state.clone()),
             state,
             backing_off: false,
@@ -321,16 +321,25 @@ impl EventLoop {
 
     /// Accepts while not paused, not backing off after `EMFILE` and not at the limit.
     fn update_listener_interest(&mut self, key: Key) {
-        if let Some(Entry::Listener(l)) = self.get(key) {
-            let read = !l.backing_off && !l.at_limit && !l.state.paused.load(Ordering::SeqCst);
-            let exclusive = l.state.shared_socket;
-            if let Err(e) = l.reg.set_interest(Interest {
-                read,
-                write: false,
-                exclusive,
-            }) {
-                let _ = l.events.send(ListenEvent::Stopped(TcpError::from(e)));
+        let Some(Entry::Listener(l)) = self.get(key) else {
+            return;
+        };
+        let read = !l.backing_off && !l.at_limit && !l.state.paused.load(Ordering::SeqCst);
+        let exclusive = l.state.shared_socket;
+        let Err(e) = l.reg.set_interest(Interest {
+            read,
+            write: false,
+            exclusive,
+        }) else {
+            return;
+        };
+        match &l.target {
+            // The `listen` thread returns with the error and closes the listener.
+            AcceptTarget::Thread(events) => {
+                let _ = events.send(ListenEvent::Stopped(TcpError::from(e)));
             }
+            // Nobody else would: close it here, its handle reporting the error.
+            AcceptTarget::Mailbox { .. } => self.remove(key, TcpError::from(e)),
         }
     }
 
@@ -475,12 +484,12 @@ impl EventLoop {
             }
             Sink::Mailbox { inbox, window } => {
                 let full = window.add(len);
-                let slot = Arc::as_ptr(&inbox) as *const () as usize;
-                let index = *self.outbox_index.entry(slot).or_insert_with(|| {
-                    self.outbox.push((inbox.clone(), Vec::new()));
-                    self.outbox.len() - 1
-                });
-                self.outbox[index].1.push(Delivery { key, chunk });
+                Self::post(
+                    &mut self.outbox,
+                    &mut self.outbox_index,
+                    &inbox,
+                    Delivery::Read { key, chunk },
+                );
                 if !end {
                     if full {
                         s.paused = true;
@@ -516,13 +525,32 @@ impl EventLoop {
         self.update_interest(key);
     }
 
+    /// Adds a delivery to this cycle's batch for `inbox`.
+    fn post(
+        outbox: &mut Vec<(Arc<dyn Inbox>, Vec<Delivery>)>,
+        outbox_index: &mut HashMap<usize, usize>,
+        inbox: &Arc<dyn Inbox>,
+        delivery: Delivery,
+    ) {
+        let slot = Arc::as_ptr(inbox) as *const () as usize;
+        let index = *outbox_index.entry(slot).or_insert_with(|| {
+            outbox.push((inbox.clone(), Vec::new()));
+            outbox.len() - 1
+        });
+        outbox[index].1.push(delivery);
+    }
+
     fn send_outbox(&mut self) {
         self.outbox_index.clear();
         let outbox = std::mem::take(&mut self.outbox);
         for (inbox, batch) in outbox {
             if let Err(batch) = inbox.deliver(batch) {
-                // The mailbox was dropped: keep its chunks for whoever reads next.
-                for Delivery { key, chunk } in batch {
+                // The mailbox was dropped: keep its chunks for whoever reads next. Accepted
+                // connections nobody will own are dropped, which closes them.
+                for delivery in batch {
+                    let Delivery::Read { key, chunk } = delivery else {
+                        continue;
+                    };
                     if let Some(Entry::Socket(s)) = self.get(key) {
                         if matches!(&s.sink, Sink::Mailbox { inbox: i, .. } if Arc::ptr_eq(i, &inbox))
                         {
@@ -891,9 +919,17 @@ impl EventLoop {
         }
         match self.entries.remove(key.index) {
             Entry::Socket(s) => drop(s),
-            Entry::Listener(l) => {
-                let _ = l.events.send(ListenEvent::Stopped(error));
-            }
+            Entry::Listener(l) => match l.target {
+                AcceptTarget::Thread(events) => {
+                    let _ = events.send(ListenEvent::Stopped(error));
+                }
+                AcceptTarget::Mailbox { .. } => {
+                    // As `listen` returns when any of its sockets stops, the listener stops
+                    // as a whole: the sockets on other tasks close too.
+                    l.state.stopped(error);
+                    drop(l.state.close_sockets(false, None));
+                }
+            },
         }
     }
 
@@ -919,6 +955,18 @@ impl EventLoop {
             let Some(Entry::Listener(l)) = self.get(key) else {
                 return;
             };
+            if let AcceptTarget::Mailbox { inbox, .. } = &l.target {
+                if inbox.is_closed() {
+                    // Its actor is gone: refuse the connections waiting and free the port.
+                    let gone = TcpError::new(
+                        "CLOSED",
+                        "the listener's mailbox was dropped",
+                        io::ErrorKind::NotConnected,
+                    );
+                    self.remove(key, gone);
+                    return;
+                }
+            }
             let result = accept_nonblocking(l.reg.socket());
             match result {
                 Ok(socket) => {
@@ -943,11 +991,7 @@ impl EventLoop {
                         queued.clone(),
                         state.write_window,
                     );
-                    let conn = NewConnection::new(socket_key, self.shared.clone(), socket, queued);
-                    if let Some(Entry::Listener(l)) = self.get(key) {
-                        // If `listen` already returned, dropping the connection closes it.
-                        let _ = l.events.send(ListenEvent::Connection(conn));
-                    }
+                    self.hand_over(key, socket_key, socket, queued);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
@@ -973,6 +1017,42 @@ impl EventLoop {
                     return;
                 }
                 Err(_) => return,
+            }
+        }
+    }
+
+    /// Gives a connection accepted by listener `key` to the listener's target.
+    fn hand_over(
+        &mut self,
+        key: Key,
+        socket_key: Key,
+        socket: Arc<Socket>,
+        queued: Arc<AtomicUsize>,
+    ) {
+        let shared = self.shared.clone();
+        let Some(Entry::Listener(l)) = self.get(key) else {
+            return;
+        };
+        match &l.target {
+            AcceptTarget::Thread(events) => {
+                let conn = NewConnection::new(socket_key, shared, socket, queued);
+                // If `listen` already returned, dropping the connection closes it.
+                let _ = events.send(ListenEvent::Connection(conn));
+            }
+            AcceptTarget::Mailbox { inbox, window } => {
+                let (inbox, window) = (inbox.clone(), window.clone());
+                let sock = TcpSocket::new(socket_key, shared, socket, queued);
+                // Announced before anything it reads: its reads are posted later in the batch.
+                Self::post(
+                    &mut self.outbox,
+                    &mut self.outbox_index,
+                    &inbox,
+                    Delivery::Accepted(sock),
+                );
+                if let Some(s) = self.socket(socket_key) {
+                    s.sink = Sink::Mailbox { inbox, window };
+                }
+                self.update_interest(socket_key);
             }
         }
     }
@@ -1074,7 +1154,7 @@ fn refuse(key: Key, sink: Sink, error: TcpError) {
             let _ = tx.send(Err(error));
         }
         Sink::Mailbox { inbox, .. } => {
-            let _ = inbox.deliver(vec![Delivery {
+            let _ = inbox.deliver(vec![Delivery::Read {
                 key,
                 chunk: Err(error),
             }]);

@@ -11,12 +11,13 @@ use socket2::{Domain, Socket, Type};
 
 use crate::IoTask;
 use crate::io_task::command::Command;
-use crate::io_task::entry::next_id;
+use crate::io_task::entry::{AcceptTarget, next_id};
+use crate::mailbox::MailboxSender;
 use crate::oneshot;
 use crate::pool::IoPool;
 use crate::tcp::server::ListenerState;
 use crate::tcp::{
-    ListenError, ListenOptions, NewConnection, OnHandlerError, PoolListener, TcpError,
+    ListenError, ListenOptions, NewConnection, OnHandlerError, PoolListener, Server, TcpError,
     ToListenAddrs,
 };
 
@@ -53,7 +54,8 @@ pub enum CloseMode {
 /// also chooses the fate of existing connections.
 #[derive(Clone)]
 pub struct KillChan {
-    tx: flume::Sender<ListenEvent>,
+    /// The `listen` thread's channel; `None` for a listener feeding a mailbox.
+    tx: Option<flume::Sender<ListenEvent>>,
     state: Arc<ListenerState>,
     local_addr: SocketAddr,
 }
@@ -66,9 +68,19 @@ impl KillChan {
     ///
     /// Gives the reason back when `listen` already returned.
     pub fn send(&self, reason: Option<TcpError>) -> Result<(), Option<TcpError>> {
+        let Some(tx) = &self.tx else {
+            // No thread to tell: close the listening sockets here, once.
+            if !self.state.set_closed() {
+                return Err(reason);
+            }
+            if let Some(reason) = reason {
+                self.state.stopped(reason);
+            }
+            drop(self.state.close_sockets(false, None));
+            return Ok(());
+        };
         self.state.set_closed();
-        self.tx
-            .send(ListenEvent::Kill(reason))
+        tx.send(ListenEvent::Kill(reason))
             .map_err(|flume::SendError(event)| match event {
                 ListenEvent::Kill(reason) => reason,
                 _ => None,
@@ -106,16 +118,10 @@ impl KillChan {
             CloseMode::CloseConnections => (true, None),
             CloseMode::Drain(timeout) => (false, Instant::now().checked_add(timeout)),
         };
-        for (task, key) in self.state.sockets() {
-            let (reply, _ignored) = oneshot::channel();
-            let _ = task.send(Command::CloseListener {
-                key,
-                close_connections,
-                drain,
-                reply,
-            });
+        drop(self.state.close_sockets(close_connections, drain));
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(ListenEvent::Kill(None));
         }
-        let _ = self.tx.send(ListenEvent::Kill(None));
     }
 
     /// The address the listener is bound to, with a requested port 0 resolved.
@@ -162,6 +168,11 @@ impl KillChan {
     /// Whether the listener was closed or killed (it may still be closing).
     pub fn is_closed(&self) -> bool {
         self.state.is_closed()
+    }
+
+    /// Why a listener without a `listen` thread stopped, if not through its handle.
+    pub(crate) fn stop_reason(&self) -> Option<TcpError> {
+        self.state.stop_reason()
     }
 
     /// Waits until the listening socket is closed (Async's `close_finished`); returns
@@ -342,6 +353,124 @@ where
     serve(&addrs, options, pool.tasks(), on_establish, new_connect)
 }
 
+/// Listens on `addr` and hands every connection straight to an actor's mailbox: the I/O
+/// task accepts it, attaches it to `mailbox`, and the actor receives
+/// [`Event::Accepted`](crate::Event::Accepted) with the [`TcpSocket`](super::TcpSocket),
+/// followed by the connection's `Data` and `Closed` events.
+///
+/// No thread runs the listener and no callback is called, so a connection costs one
+/// hand-off (I/O thread to actor) where [`listen`] costs two or three (I/O thread to the
+/// `listen` thread, to the actor, and the actor's `attach` back to the I/O thread). Returns
+/// once the socket is bound and served. Every [`ListenOptions`] setting applies except
+/// `on_handler_error`, as no user code runs on the listener's behalf; the returned
+/// [`Server`](super::Server)'s [`kill_chan`](super::Server::kill_chan) counts, pauses, drops
+/// and closes as for `listen`.
+///
+/// The listener stops when the `Server` is stopped or dropped, when it is closed through its
+/// `KillChan`, when the I/O task shuts down, or when it finds the mailbox dropped at its next
+/// incoming connection (that connection and those behind it in the backlog are refused).
+///
+/// # Errors
+///
+/// As [`listen`] for binding.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use iotask::{Event, Mailbox, tcp};
+///
+/// let iotask = iotask::IoTask::spawn()?;
+/// let mut mailbox: Mailbox = Mailbox::new();
+/// let server = tcp::listen_into("127.0.0.1:0", &tcp::ListenOptions::new(), &iotask, &mailbox)?;
+///
+/// let mut client = std::net::TcpStream::connect(server.local_addr())?;
+/// std::io::Write::write_all(&mut client, b"hi")?;
+///
+/// let Some(Event::Accepted(sock)) = mailbox.recv_timeout(Duration::from_secs(5)) else {
+///     panic!("expected a connection");
+/// };
+/// let Some(Event::Data { socket, data }) = mailbox.recv_timeout(Duration::from_secs(5)) else {
+///     panic!("expected its data");
+/// };
+/// assert_eq!((socket, data.as_slice()), (sock.id(), &b"hi"[..]));
+/// server.stop()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn listen_into<A, M>(
+    addr: A,
+    options: &ListenOptions,
+    iotask: &IoTask,
+    mailbox: &impl AsRef<MailboxSender<M>>,
+) -> Result<Server, ListenError>
+where
+    A: ToListenAddrs,
+    M: Send + 'static,
+{
+    listen_into_tasks(
+        addr,
+        options,
+        std::slice::from_ref(iotask),
+        &[mailbox.as_ref()],
+    )
+}
+
+/// [`listen_into`] on every I/O task of a pool, each task handing its connections to a
+/// mailbox of its own: task `i` to `mailboxes[i % mailboxes.len()]`. With one mailbox per
+/// task (an actor per loop), an actor's sockets all live on one loop, so its writes wake
+/// that loop only. The sockets are spread over the tasks as [`listen_on_pool`] does.
+///
+/// # Errors
+///
+/// As [`listen`] for binding; `Generic` named `"EINVAL"` when `mailboxes` is empty.
+pub fn listen_on_pool_into<A, M, S>(
+    addr: A,
+    options: &ListenOptions,
+    pool: &IoPool,
+    mailboxes: &[S],
+) -> Result<Server, ListenError>
+where
+    A: ToListenAddrs,
+    M: Send + 'static,
+    S: AsRef<MailboxSender<M>>,
+{
+    let senders: Vec<&MailboxSender<M>> = mailboxes.iter().map(AsRef::as_ref).collect();
+    listen_into_tasks(addr, options, pool.tasks(), &senders)
+}
+
+fn listen_into_tasks<A, M>(
+    addr: A,
+    options: &ListenOptions,
+    tasks: &[IoTask],
+    mailboxes: &[&MailboxSender<M>],
+) -> Result<Server, ListenError>
+where
+    A: ToListenAddrs,
+    M: Send + 'static,
+{
+    if mailboxes.is_empty() {
+        return Err(TcpError::new(
+            "EINVAL",
+            "no mailbox to hand connections to",
+            std::io::ErrorKind::InvalidInput,
+        )
+        .into());
+    }
+    let addrs = addr.to_listen_addrs().map_err(super::resolve_error)?;
+    let (state, local_addr) = start(&addrs, options, tasks, |i| {
+        let mailbox = mailboxes[i % mailboxes.len()];
+        AcceptTarget::Mailbox {
+            inbox: mailbox.inbox(),
+            window: mailbox.window(),
+        }
+    })?;
+    Ok(Server::without_thread(KillChan {
+        tx: None,
+        state,
+        local_addr,
+    }))
+}
+
 pub(crate) fn serve<E, C>(
     addrs: &[SocketAddr],
     options: &ListenOptions,
@@ -353,30 +482,15 @@ where
     E: FnOnce(KillChan),
     C: FnMut(NewConnection, &KillChan),
 {
-    let shared = tasks.len() > 1 && options.pool_listener == PoolListener::Shared;
-    let sockets = bind_all(addrs, options, tasks.len(), shared)?;
-    let local_addr = super::socket::as_inet(sockets[0].local_addr()?)?;
-    let state = Arc::new(ListenerState::new(next_id(), options, shared));
     let (tx, rx) = flume::unbounded();
-    // From here on, dropping `running` closes whatever was registered.
+    let (state, local_addr) = start(addrs, options, tasks, |_| AcceptTarget::Thread(tx.clone()))?;
+    // From here on, dropping `running` closes the listening sockets.
     let running = Running {
         state: state.clone(),
         rx,
     };
-    for (task, socket) in tasks.iter().zip(sockets) {
-        let (reply, wait) = oneshot::channel();
-        task.shared().send(Command::AddListener {
-            socket,
-            events: tx.clone(),
-            state: state.clone(),
-            reply,
-        })?;
-        let key = wait.recv().unwrap_or_else(|_| Err(TcpError::shutdown()))?;
-        state.add_socket(task.shared().clone(), key);
-    }
-
     let kill = KillChan {
-        tx,
+        tx: Some(tx),
         state,
         local_addr,
     };
@@ -417,6 +531,49 @@ where
     }
 }
 
+/// Binds the listening sockets and registers one with each task, its connections going to
+/// `target(i)` for task `i`; on failure, closes those already registered.
+fn start(
+    addrs: &[SocketAddr],
+    options: &ListenOptions,
+    tasks: &[IoTask],
+    target: impl Fn(usize) -> AcceptTarget,
+) -> Result<(Arc<ListenerState>, SocketAddr), ListenError> {
+    let shared = tasks.len() > 1 && options.pool_listener == PoolListener::Shared;
+    let sockets = bind_all(addrs, options, tasks.len(), shared)?;
+    let local_addr = super::socket::as_inet(sockets[0].local_addr()?)?;
+    let state = Arc::new(ListenerState::new(next_id(), options, shared));
+    for (i, (task, socket)) in tasks.iter().zip(sockets).enumerate() {
+        let (reply, wait) = oneshot::channel();
+        let registered = task
+            .shared()
+            .send(Command::AddListener {
+                socket,
+                target: target(i),
+                state: state.clone(),
+                reply,
+            })
+            .and_then(|()| wait.recv().unwrap_or_else(|_| Err(TcpError::shutdown())));
+        match registered {
+            Ok(key) => state.add_socket(task.shared().clone(), key),
+            Err(e) => {
+                close_now(&state);
+                return Err(e.into());
+            }
+        }
+    }
+    Ok((state, local_addr))
+}
+
+/// Closes the listening sockets, returning once their descriptors are closed (a stopped
+/// task resolves its reply at once), so that the port is free.
+fn close_now(state: &ListenerState) {
+    state.set_closed();
+    for wait in state.close_sockets(false, None) {
+        let _ = wait.recv();
+    }
+}
+
 fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -443,25 +600,7 @@ struct Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.state.set_closed();
-        let mut waits = Vec::new();
-        for (task, key) in self.state.sockets() {
-            let (reply, wait) = oneshot::channel();
-            let command = Command::CloseListener {
-                key,
-                close_connections: false,
-                drain: None,
-                reply,
-            };
-            if task.send(command).is_ok() {
-                waits.push(wait);
-            }
-        }
-        // Returns once the descriptors are closed, so the port is free when `listen`
-        // returns; a stopped task resolves its reply at once.
-        for wait in waits {
-            let _ = wait.recv();
-        }
+        close_now(&self.state);
         // Kill channels may outlive `listen` and keep the channel's queue alive: empty it,
         // so that queued connections are closed now.
         for event in self.rx.drain() {

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use crate::io_task::Shared;
 use crate::io_task::command::Command;
 use crate::io_task::entry::Key;
-use crate::tcp::ListenOptions;
+use crate::oneshot;
+use crate::tcp::{ListenOptions, TcpError};
 
 /// The shared state of one `listen` call (one listening socket per I/O task serving it).
 #[derive(Debug)]
@@ -27,6 +28,10 @@ pub(crate) struct ListenerState {
     pub(crate) paused: AtomicBool,
     /// Set by the first close (or kill); never cleared.
     closed: AtomicBool,
+    /// Why a listener without a `listen` thread stopped, when it was not closed through its
+    /// handle (the I/O task shut down, its mailbox was dropped), or the error sent through
+    /// `KillChan::send`; the first one is kept.
+    stop_reason: Mutex<Option<TcpError>>,
     /// Set while some listening socket stopped accepting at `max_connections`.
     limited: AtomicBool,
     /// The listening sockets and the tasks serving them; filled once by `listen`.
@@ -49,6 +54,7 @@ impl ListenerState {
             drop_incoming: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            stop_reason: Mutex::new(None),
             limited: AtomicBool::new(false),
             sockets: Mutex::new(Vec::new()),
             open_sockets: Mutex::new(0),
@@ -113,6 +119,40 @@ impl ListenerState {
 
     pub(crate) fn set_closed(&self) -> bool {
         !self.closed.swap(true, Ordering::SeqCst)
+    }
+
+    /// Records why the listener stopped (keeping an earlier reason) and marks it closed.
+    pub(crate) fn stopped(&self, reason: TcpError) {
+        lock(&self.stop_reason).get_or_insert(reason);
+        self.set_closed();
+    }
+
+    pub(crate) fn stop_reason(&self) -> Option<TcpError> {
+        lock(&self.stop_reason).clone()
+    }
+
+    /// Asks every I/O task serving this listener to close its listening socket, and with
+    /// `close_connections` every connection it accepted (with `drain`, those still open at
+    /// that instant). Returns the replies, which resolve once the sockets are closed.
+    pub(crate) fn close_sockets(
+        &self,
+        close_connections: bool,
+        drain: Option<Instant>,
+    ) -> Vec<oneshot::Receiver<()>> {
+        let mut waits = Vec::new();
+        for (task, key) in self.sockets() {
+            let (reply, wait) = oneshot::channel();
+            let command = Command::CloseListener {
+                key,
+                close_connections,
+                drain,
+                reply,
+            };
+            if task.send(command).is_ok() {
+                waits.push(wait);
+            }
+        }
+        waits
     }
 
     pub(crate) fn is_closed(&self) -> bool {

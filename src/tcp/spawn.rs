@@ -4,17 +4,23 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::IoTask;
 use crate::tcp::listen::serve;
 use crate::tcp::{KillChan, ListenError, ListenOptions, NewConnection, TcpError, ToListenAddrs};
 
-/// A listener running on its own thread, made by [`spawn_listen`].
+/// A running listener that does not need the caller's thread: one on a thread of its own
+/// ([`spawn_listen`]), or one that feeds a mailbox ([`listen_into`](super::listen_into)).
 ///
-/// Dropping it stops the listener (as `kill.send(None)`) and waits for its thread.
+/// Dropping it stops the listener (as `kill.send(None)`) and waits until it stopped: its
+/// thread ended, its listening sockets closed.
 pub struct Server {
     kill: KillChan,
+    /// The `listen` thread; `None` for a listener feeding a mailbox.
     thread: Option<JoinHandle<Result<(), ListenError>>>,
+    /// Cleared once stopped or waited for.
+    running: bool,
 }
 
 /// Binds `addr` and runs [`listen_with`](super::listen_with) on a new thread, returning once
@@ -73,6 +79,7 @@ where
         Ok(Ok(kill)) => Ok(Server {
             kill,
             thread: Some(thread),
+            running: true,
         }),
         Ok(Err(e)) => {
             let _ = thread.join();
@@ -88,6 +95,15 @@ where
 }
 
 impl Server {
+    /// A listener the I/O tasks run by themselves, stopped through `kill`.
+    pub(crate) fn without_thread(kill: KillChan) -> Server {
+        Server {
+            kill,
+            thread: None,
+            running: true,
+        }
+    }
+
     /// The bound address, with a requested port 0 resolved.
     pub fn local_addr(&self) -> SocketAddr {
         self.kill.local_addr()
@@ -98,40 +114,51 @@ impl Server {
         &self.kill
     }
 
-    /// Stops the listener and waits for its thread.
+    /// Stops the listener and waits until it stopped; the port is free when this returns.
+    /// Connections already accepted are left alone.
     ///
     /// # Errors
     ///
-    /// What `listen` returned, if it stopped for another reason first (`SHUTDOWN`, a
-    /// panicking handler, an error sent through the kill channel).
+    /// Why the listener stopped, if it stopped for another reason first: `SHUTDOWN`, a
+    /// panicking handler, an error sent through the kill channel, or `CLOSED` for a mailbox
+    /// that was dropped.
     pub fn stop(mut self) -> Result<(), ListenError> {
         let _ = self.kill.send(None);
         self.join()
     }
 
-    /// Waits until the listener stops (killed through its [`KillChan`], or its I/O task
-    /// shut down).
+    /// Waits until the listener stops (killed or closed through its [`KillChan`], its I/O
+    /// task shut down, or its mailbox dropped).
     ///
     /// # Errors
     ///
-    /// What `listen` returned.
+    /// As [`stop`](Server::stop).
     pub fn wait(mut self) -> Result<(), ListenError> {
         self.join()
     }
 
     fn join(&mut self) -> Result<(), ListenError> {
+        if !std::mem::replace(&mut self.running, false) {
+            return Ok(());
+        }
         match self.thread.take() {
             Some(thread) => thread.join().unwrap_or_else(|_| {
                 Err(TcpError::other("PANIC", "the listener thread panicked").into())
             }),
-            None => Ok(()),
+            None => {
+                self.kill.wait_closed(Duration::MAX);
+                match self.kill.stop_reason() {
+                    Some(e) => Err(e.into()),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if self.thread.is_some() {
+        if self.running {
             let _ = self.kill.send(None);
             let _ = self.join();
         }
@@ -142,7 +169,7 @@ impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("local_addr", &self.local_addr())
-            .field("running", &self.thread.is_some())
+            .field("running", &self.running)
             .finish()
     }
 }

@@ -1,5 +1,6 @@
-//! iotask's many-sockets-one-actor mode: the listener hands each accepted socket to one
-//! actor thread, which attaches it to its `Mailbox` and echoes every `Event::Data`.
+//! iotask's many-sockets-one-actor mode: the I/O task hands each accepted socket straight to
+//! one actor thread's `Mailbox` (`tcp::listen_into`), and the actor echoes every
+//! `Event::Data`.
 
 use std::collections::HashMap;
 use std::io;
@@ -14,6 +15,17 @@ pub(super) fn serve(addr: &str, spin: Option<Duration>) -> io::Result<()> {
         None => iotask::global(),
     };
     let mailbox: Mailbox<TcpSocket> = Mailbox::new();
+    let options = ListenOptions::new().backlog(1024);
+    let server = tcp::listen_into(addr, &options, &iotask, &mailbox).map_err(io::Error::other)?;
+    super::announce(server.local_addr());
+    actor(mailbox);
+    Ok(())
+}
+
+/// The same actor, fed by a `listen` thread that sends it each accepted socket, which the
+/// actor then attaches to its mailbox.
+pub(super) fn serve_listen(addr: &str) -> io::Result<()> {
+    let mailbox: Mailbox<TcpSocket> = Mailbox::new();
     let sender = mailbox.sender();
     std::thread::Builder::new()
         .name("echo-actor".into())
@@ -21,24 +33,25 @@ pub(super) fn serve(addr: &str, spin: Option<Duration>) -> io::Result<()> {
     tcp::listen(
         addr,
         1024,
-        &iotask,
+        &iotask::global(),
         |kill| super::announce(kill.local_addr()),
         move |new_conn, _kill| match tcp::accept(new_conn) {
             Ok(sock) => {
                 // The actor lives as long as the process; a failed send cannot happen.
                 let _ = sender.send(sock);
             }
-            Err(e) => eprintln!("iotask-actor: accept: {e}"),
+            Err(e) => eprintln!("iotask-actor-listen: accept: {e}"),
         },
     )
     .map_err(|e| io::Error::other(e.to_string()))
 }
 
 /// The same actors on an `IoPool` of `loops` I/O tasks, one actor per task. With `paired`,
-/// each accepted socket goes to the actor of the task it lives on ([`IoPool::index_of`]),
-/// so an actor's writes wake one loop; without, sockets are dealt to the actors in turn
-/// (the `iotask-pool-rr` control). `mode` says whether the tasks listen on sockets of their own
-/// (`SO_REUSEPORT`) or share one (`EPOLLEXCLUSIVE`).
+/// each task hands its sockets straight to its own actor (`tcp::listen_on_pool_into`), so an
+/// actor's writes wake one loop; without, a `listen` thread deals the sockets to the actors
+/// in turn (the `iotask-pool-rr` control: what a server written before `listen_into` did).
+/// `mode` says whether the tasks listen on sockets of their own (`SO_REUSEPORT`) or share
+/// one (`EPOLLEXCLUSIVE`).
 pub(super) fn serve_pool(
     addr: &str,
     loops: usize,
@@ -46,16 +59,30 @@ pub(super) fn serve_pool(
     paired: bool,
 ) -> io::Result<()> {
     let pool = IoPool::spawn(loops)?;
-    let mut actors = Vec::new();
-    for i in 0..loops {
-        let mailbox: Mailbox<TcpSocket> = Mailbox::new();
-        actors.push(mailbox.sender());
+    let mut mailboxes = Vec::new();
+    for _ in 0..loops {
+        mailboxes.push(Mailbox::<TcpSocket>::new());
+    }
+    let actors: Vec<_> = mailboxes.iter().map(Mailbox::sender).collect();
+    let options = ListenOptions::new().backlog(1024).pool_listener(mode);
+    // Bound before the actors start, so that the returned server outlives them.
+    let paired_server = if paired {
+        let server =
+            tcp::listen_on_pool_into(addr, &options, &pool, &actors).map_err(io::Error::other)?;
+        super::announce(server.local_addr());
+        Some(server)
+    } else {
+        None
+    };
+    for (i, mailbox) in mailboxes.into_iter().enumerate() {
         std::thread::Builder::new()
             .name(format!("echo-actor-{i}"))
             .spawn(move || actor(mailbox))?;
     }
+    if let Some(server) = paired_server {
+        return server.wait().map_err(io::Error::other);
+    }
     let mut next = 0;
-    let options = ListenOptions::new().backlog(1024).pool_listener(mode);
     tcp::listen_on_pool(
         addr,
         &options,
@@ -63,13 +90,8 @@ pub(super) fn serve_pool(
         |kill| super::announce(kill.local_addr()),
         move |new_conn, _kill| match tcp::accept(new_conn) {
             Ok(sock) => {
-                // Every socket accepted here lives on a task of `pool`.
-                let i = match pool.index_of(&sock) {
-                    Some(i) if paired => i,
-                    _ => next % actors.len(),
-                };
+                let _ = actors[next % actors.len()].send(sock);
                 next += 1;
-                let _ = actors[i].send(sock);
             }
             Err(e) => eprintln!("iotask-pool: accept: {e}"),
         },
@@ -82,6 +104,9 @@ fn actor(mut mailbox: Mailbox<TcpSocket>) {
     let mut sockets: HashMap<SocketId, TcpSocket> = HashMap::new();
     loop {
         match mailbox.recv() {
+            Event::Accepted(sock) => {
+                sockets.insert(sock.id(), sock);
+            }
             Event::Message(sock) => {
                 if sock.attach(&mailbox).is_ok() {
                     sockets.insert(sock.id(), sock);

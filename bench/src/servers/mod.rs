@@ -30,8 +30,10 @@ pub const ECHO_BUFFER: usize = 64 * 1024;
 pub enum Peer {
     /// iotask, a thread per connection reading a port and writing with `write_future`.
     IotaskPorts,
-    /// iotask, one actor thread owning every socket through a `Mailbox`.
+    /// iotask, one actor thread owning every socket through a `Mailbox` fed by `listen_into`.
     IotaskActor,
+    /// As `IotaskActor`, fed by a `listen` thread that sends it each socket to attach.
+    IotaskActorListen,
     /// As `IotaskActor`, on an I/O task built with a 50 µs spin before it sleeps.
     IotaskActorSpin,
     /// As `IotaskActor`, on a pool of 2 I/O tasks with one actor each.
@@ -52,9 +54,10 @@ pub enum Peer {
 
 impl Peer {
     /// Every peer, in table order.
-    pub const ALL: [Peer; 10] = [
+    pub const ALL: [Peer; 11] = [
         Peer::IotaskPorts,
         Peer::IotaskActor,
+        Peer::IotaskActorListen,
         Peer::IotaskActorSpin,
         Peer::IotaskPool,
         Peer::IotaskPoolShared,
@@ -70,6 +73,7 @@ impl Peer {
         match self {
             Peer::IotaskPorts => "iotask-ports",
             Peer::IotaskActor => "iotask-actor",
+            Peer::IotaskActorListen => "iotask-actor-listen",
             Peer::IotaskActorSpin => "iotask-actor-spin",
             Peer::IotaskPool => "iotask-pool",
             Peer::IotaskPoolShared => "iotask-pool-shared",
@@ -88,19 +92,22 @@ impl Peer {
                 "iotask: a thread per connection, `read_start` port, `drop(write_future(chunk))`"
             }
             Peer::IotaskActor => {
-                "iotask: one actor thread owns every socket through a `Mailbox`, echoes `Event::Data` with `write_future`"
+                "iotask: one actor thread owns every socket through a `Mailbox` that `listen_into` feeds, echoes `Event::Data` with `write_future`"
+            }
+            Peer::IotaskActorListen => {
+                "as iotask-actor, a `listen` thread sending the actor each socket to `attach` (the path before `listen_into`)"
             }
             Peer::IotaskActorSpin => {
                 "as iotask-actor, I/O task built with `Builder::spin(50 µs)` (opt-in low latency)"
             }
             Peer::IotaskPool => {
-                "as iotask-actor on an `IoPool` of 2 I/O tasks (`listen_on_pool`, one `SO_REUSEPORT` listener each), one actor per task, each socket handed to the actor of its task"
+                "as iotask-actor on an `IoPool` of 2 I/O tasks (`listen_on_pool_into`, one `SO_REUSEPORT` listener each), one actor per task, each task feeding its own actor"
             }
             Peer::IotaskPoolShared => {
                 "as iotask-pool, the tasks sharing one listening socket (`PoolListener::Shared`, `EPOLLEXCLUSIVE`)"
             }
             Peer::IotaskPoolRr => {
-                "as iotask-pool, each socket handed to the actors in turn, whatever its task (the pairing's control)"
+                "as iotask-pool, a `listen` thread dealing each socket to the actors in turn, whatever its task (the control)"
             }
             Peer::TokioCt => {
                 "tokio current_thread runtime, a task per connection: `read_buf` into a 64 KiB buffer, `write_all`"
@@ -121,6 +128,7 @@ impl Peer {
             self,
             Peer::IotaskPorts
                 | Peer::IotaskActor
+                | Peer::IotaskActorListen
                 | Peer::IotaskActorSpin
                 | Peer::IotaskPool
                 | Peer::IotaskPoolShared
@@ -154,6 +162,7 @@ pub fn serve(peer: Peer, addr: &str) -> io::Result<()> {
     match peer {
         Peer::IotaskPorts => iotask_ports::serve(addr),
         Peer::IotaskActor => iotask_actor::serve(addr, None),
+        Peer::IotaskActorListen => iotask_actor::serve_listen(addr),
         Peer::IotaskActorSpin => {
             iotask_actor::serve(addr, Some(std::time::Duration::from_micros(50)))
         }
