@@ -52,6 +52,10 @@ pub enum CloseMode {
 /// by the kernel but not yet handed to `new_connect` are closed; `new_connect` is never
 /// called after `send` or [`close`](KillChan::close) returned. [`close`](KillChan::close)
 /// also chooses the fate of existing connections.
+///
+/// For a listener made by [`listen_into`], which has no `listen` call to return, `send`
+/// closes the listening sockets as `close(CloseMode::LeaveConnections)` does, and
+/// [`Server::wait`](super::Server::wait) returns the error sent, if any.
 #[derive(Clone)]
 pub struct KillChan {
     /// The `listen` thread's channel; `None` for a listener feeding a mailbox.
