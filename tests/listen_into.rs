@@ -32,6 +32,14 @@ fn next_accepted(mailbox: &mut Mailbox) -> TcpSocket {
     }
 }
 
+/// The next event, which must end a socket's reading: its socket and the error's name.
+fn next_closed(mailbox: &mut Mailbox) -> (SocketId, String) {
+    match next(mailbox) {
+        Event::Closed { socket, error } => (socket, error.name().to_owned()),
+        other => panic!("expected Closed, got {other:?}"),
+    }
+}
+
 /// Waits until `cond` holds, failing the test after `WAIT`.
 fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
@@ -155,13 +163,7 @@ fn max_connections_holds_the_rest_until_one_closes() {
     let first_id = first.id();
     drop(first);
     // The dropped socket's reading ends first, then its place goes to the third client.
-    match next(&mut mailbox) {
-        Event::Closed { socket, error } => {
-            assert_eq!(socket, first_id);
-            assert_eq!(error.name(), "CLOSED");
-        }
-        other => panic!("expected Closed, got {other:?}"),
-    }
+    assert_eq!(next_closed(&mut mailbox), (first_id, "CLOSED".to_owned()));
     let _third = next_accepted(&mut mailbox);
     assert_eq!(server.kill_chan().num_connections(), 2);
     drop(clients);
@@ -210,13 +212,9 @@ fn close_with_connections_ends_them_in_the_mailbox() {
     server.kill_chan().close(CloseMode::CloseConnections);
     let mut closed = Vec::new();
     while closed.len() < sockets.len() {
-        match next(&mut mailbox) {
-            Event::Closed { socket, error } => {
-                assert_eq!(error.name(), "CLOSED");
-                closed.push(socket);
-            }
-            other => panic!("expected Closed, got {other:?}"),
-        }
+        let (socket, error) = next_closed(&mut mailbox);
+        assert_eq!(error, "CLOSED");
+        closed.push(socket);
     }
     closed.sort();
     let mut ids: Vec<SocketId> = sockets.iter().map(TcpSocket::id).collect();
@@ -258,13 +256,10 @@ fn shutdown_stops_the_listener_and_its_connections() {
     let _c = client(addr);
     let sock = next_accepted(&mut mailbox);
     iotask.shutdown();
-    match next(&mut mailbox) {
-        Event::Closed { socket, error } => {
-            assert_eq!(socket, sock.id());
-            assert_eq!(error.name(), "SHUTDOWN");
-        }
-        other => panic!("expected Closed, got {other:?}"),
-    }
+    assert_eq!(
+        next_closed(&mut mailbox),
+        (sock.id(), "SHUTDOWN".to_owned())
+    );
     match server.wait() {
         Err(ListenError::Generic { name, .. }) => assert_eq!(name, "SHUTDOWN"),
         other => panic!("expected SHUTDOWN, got {other:?}"),
