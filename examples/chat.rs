@@ -144,6 +144,7 @@ pub fn chat_room(mut mailbox: Mailbox<Command>) {
                 }
             }
             Event::Message(Command::Stop) => return,
+            _ => {}
         }
     }
 }

@@ -75,6 +75,7 @@ pub fn echo_actor(mut mailbox: Mailbox<Command>) {
                 sockets.remove(&socket);
             }
             Event::Message(Command::Stop) => return,
+            _ => {}
         }
     }
 }

@@ -118,6 +118,7 @@ fn http_actor(mut mailbox: Mailbox<Message>) {
                 clients.remove(&socket);
             }
             Event::Message(Message::Stop) => return,
+            _ => {}
         }
     }
 }

@@ -105,7 +105,7 @@ fn store_actor(mut mailbox: Mailbox<Message>) {
                 clients.remove(&socket);
             }
             Some(Event::Message(Message::Stop)) => return,
-            None => {}
+            Some(_) | None => {}
         }
         let now = Instant::now();
         if now >= next_sweep {

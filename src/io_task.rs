@@ -1,10 +1,21 @@
 //! The I/O task: a thread that owns a poller and every socket it serves.
+//!
+//! The engine: everything below the public socket types. It knows sockets and their
+//! readiness, never a protocol: nothing here names `tcp` or `unix`.
 
 pub(crate) mod command;
+pub(crate) mod connect;
 pub(crate) mod entry;
 pub(crate) mod event_loop;
+pub(crate) mod handle;
+pub(crate) mod listener;
+#[allow(unsafe_code)]
 pub(crate) mod registration;
+pub(crate) mod sink;
+pub(crate) mod stream;
+#[allow(unsafe_code)]
 pub(crate) mod sys;
+pub(crate) mod timers;
 
 use std::fmt;
 use std::io;
@@ -13,10 +24,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
+use crate::error::Error;
 use crate::io_task::command::Command;
 use crate::io_task::event_loop::EventLoop;
 use crate::io_task::sys::Poller;
-use crate::tcp::TcpError;
 
 /// A handle to an I/O task: one thread that owns an event loop and every socket and
 /// listener created on it.
@@ -241,9 +252,9 @@ impl Shared {
     /// # Errors
     ///
     /// `SHUTDOWN` when the loop has stopped; the command is dropped.
-    pub(crate) fn send(&self, command: Command) -> Result<(), TcpError> {
-        if self.stopped.load(Ordering::SeqCst) {
-            return Err(TcpError::shutdown());
+    pub(crate) fn send(&self, command: Command) -> Result<(), Error> {
+        if self.is_stopped() {
+            return Err(Error::shutdown());
         }
         // The channel cannot disconnect: `self` holds the receiver.
         let _ = self.commands_tx.send(command);
@@ -253,13 +264,27 @@ impl Shared {
             while let Ok(command) = self.commands_rx.try_recv() {
                 drop(command);
             }
-            return Err(TcpError::shutdown());
+            return Err(Error::shutdown());
         }
         if self.sleeping.swap(false, Ordering::SeqCst) {
             // A failed notify means the poller is broken; the loop reports that itself.
             let _ = self.poller.notify();
         }
         Ok(())
+    }
+
+    /// Whether the loop has stopped (shut down, or died).
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Called by the loop as it ends, however it ends: from here on every command is refused
+    /// with `SHUTDOWN`, and those still queued are dropped, which resolves their replies.
+    pub(crate) fn mark_stopped(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        for command in self.commands_rx.drain() {
+            drop(command);
+        }
     }
 
     fn shutdown(&self) {

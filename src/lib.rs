@@ -66,15 +66,24 @@
     missing_docs,
     missing_debug_implementations,
     rust_2018_idioms,
-    unreachable_pub
+    unreachable_pub,
+    clippy::undocumented_unsafe_blocks
 )]
+// `unsafe` lives in the system-call layer and the registration only (they allow it).
+#![deny(unsafe_code)]
 
+mod error;
 mod io_task;
 mod mailbox;
 mod oneshot;
 mod pool;
+pub mod server;
+pub mod stream;
 pub mod tcp;
+#[cfg(unix)]
+pub mod unix;
 
+pub use error::{ConnectError, Error, ListenError};
 pub use io_task::{Builder, IoTask, global};
 pub use mailbox::{Event, Mailbox, MailboxSender, SocketId};
 pub use pool::IoPool;
@@ -93,6 +102,15 @@ fn _assert_auto_traits() {
     send::<tcp::WriteFuture>();
     send::<tcp::ReadFuture>();
     send::<tcp::TcpSocketBuf>();
+    send::<tcp::Listener>();
+    send::<tcp::ConnectFuture>();
+    #[cfg(unix)]
+    {
+        send_sync::<unix::UnixSocket>();
+        send::<unix::NewConnection>();
+        send::<unix::Listener>();
+        send_sync::<unix::Server>();
+    }
     send::<Mailbox<String>>();
     send_sync::<MailboxSender<String>>();
     send_sync::<tcp::TcpError>();

@@ -3,10 +3,15 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::io_task::entry::{Delivery, Inbox, Window};
-use crate::tcp::{TcpError, TcpSocket};
+use crate::error::Error;
+use crate::io_task::sink::{Delivery, Inbox, StreamKind, Window};
+use crate::stream::Stream;
+use crate::tcp::TcpSocket;
+#[cfg(unix)]
+use crate::unix::UnixSocket;
 
 /// Default bytes a mailbox may hold unreceived before its sockets stop being read.
 const DEFAULT_WINDOW: usize = 4 * 1024 * 1024;
@@ -22,7 +27,11 @@ impl fmt::Display for SocketId {
 }
 
 /// What an actor receives from its [`Mailbox`].
+///
+/// New kinds of events may come with new socket families, so a `match` needs a wildcard
+/// arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Event<M> {
     /// Bytes read from an attached socket, in order per socket, never empty.
     Data {
@@ -38,12 +47,17 @@ pub enum Event<M> {
         /// The socket whose reading ended.
         socket: SocketId,
         /// Why.
-        error: TcpError,
+        error: Error,
     },
-    /// A connection accepted by a listener that feeds this mailbox
-    /// ([`tcp::listen_into`](crate::tcp::listen_into)). It is attached already: its `Data`
-    /// and `Closed` events come after this one. Dropping it closes the connection.
+    /// A TCP connection accepted by a listener that feeds this mailbox
+    /// ([`Listener::into_mailbox`](crate::server::Listener::into_mailbox)). It is attached
+    /// already: its `Data` and `Closed` events come after this one. Dropping it closes the
+    /// connection.
     Accepted(TcpSocket),
+    /// A Unix-domain connection accepted by a listener that feeds this mailbox; as
+    /// [`Accepted`](Event::Accepted).
+    #[cfg(unix)]
+    AcceptedUnix(UnixSocket),
     /// A message sent through a [`MailboxSender`].
     Message(M),
 }
@@ -59,6 +73,11 @@ pub enum Event<M> {
 /// Flow control covers the mailbox as a whole: when more than its window of received bytes
 /// waits unreceived (4 MiB by default), its sockets stop being read until the actor catches
 /// up to half of it.
+///
+/// Dropping the mailbox (or the actor panicking with it) closes every socket it still
+/// holds undelivered: connections announced by `Accepted` events it never received, and
+/// sockets sent to it as messages. Their peers see the close at once, even while other
+/// threads keep a [`MailboxSender`]; sends after the drop give the message back.
 ///
 /// # Examples
 ///
@@ -99,8 +118,8 @@ pub enum Event<M> {
 ///             Event::Closed { socket, .. } => {
 ///                 sockets.remove(&socket);
 ///             }
-///             // Only a listener started with `tcp::listen_into` sends these.
-///             Event::Accepted(_) => unreachable!(),
+///             // Only a listener feeding the mailbox sends `Accepted`.
+///             _ => unreachable!(),
 ///         }
 ///     }
 /// });
@@ -125,7 +144,6 @@ pub struct Mailbox<M = ()> {
 /// Sends messages into a [`Mailbox`] from any thread; also attaches sockets to it
 /// (see [`TcpSocket::attach`](crate::tcp::TcpSocket::attach)).
 pub struct MailboxSender<M> {
-    tx: flume::Sender<Envelope<M>>,
     inbox: Arc<MailboxInbox<M>>,
     window: Arc<Window>,
 }
@@ -135,23 +153,59 @@ enum Envelope<M> {
     Message(M),
 }
 
-/// The loop's view of a mailbox.
+/// The loop's view of a mailbox, shared by its senders.
+///
+/// The mailbox sets `closed` when it is dropped, then empties the queue. A sender that
+/// queued something meanwhile checks `closed` after sending and empties the queue itself,
+/// through its own receiver: with sequentially consistent atomics one of the two always
+/// sees the other, so nothing sent to a dropped mailbox stays queued (a socket there would
+/// stay open for as long as any sender lives).
 struct MailboxInbox<M> {
     tx: flume::Sender<Envelope<M>>,
+    /// Used only to empty the queue after the mailbox was dropped.
+    rx: flume::Receiver<Envelope<M>>,
+    closed: AtomicBool,
+}
+
+impl<M> MailboxInbox<M> {
+    fn send(&self, envelope: Envelope<M>) -> Result<(), Envelope<M>> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(envelope);
+        }
+        // Cannot fail: `self.rx` keeps the channel connected.
+        let _ = self.tx.send(envelope);
+        if self.closed.load(Ordering::SeqCst) {
+            self.discard();
+        }
+        Ok(())
+    }
+
+    /// Drops everything queued: sockets among it close.
+    fn discard(&self) {
+        for envelope in self.rx.drain() {
+            drop(envelope);
+        }
+    }
 }
 
 impl<M: Send + 'static> Inbox for MailboxInbox<M> {
     fn deliver(&self, batch: Vec<Delivery>) -> Result<(), Vec<Delivery>> {
-        self.tx
-            .send(Envelope::Reads(batch))
-            .map_err(|flume::SendError(envelope)| match envelope {
+        self.send(Envelope::Reads(batch))
+            .map_err(|envelope| match envelope {
                 Envelope::Reads(batch) => batch,
                 Envelope::Message(_) => Vec::new(),
             })
     }
 
     fn is_closed(&self) -> bool {
-        self.tx.is_disconnected()
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+impl<M> Drop for Mailbox<M> {
+    fn drop(&mut self) {
+        self.sender.inbox.closed.store(true, Ordering::SeqCst);
+        self.sender.inbox.discard();
     }
 }
 
@@ -165,10 +219,13 @@ impl<M: Send + 'static> Mailbox<M> {
     pub fn with_window(bytes: usize) -> Mailbox<M> {
         let (tx, rx) = flume::unbounded();
         Mailbox {
-            rx,
+            rx: rx.clone(),
             sender: MailboxSender {
-                inbox: Arc::new(MailboxInbox { tx: tx.clone() }),
-                tx,
+                inbox: Arc::new(MailboxInbox {
+                    tx,
+                    rx,
+                    closed: AtomicBool::new(false),
+                }),
                 window: Arc::new(Window::new(bytes)),
             },
             batch: VecDeque::new(),
@@ -243,7 +300,16 @@ impl<M: Send + 'static> Mailbox<M> {
     fn next_buffered(&mut self) -> Option<Event<M>> {
         let (key, chunk) = match self.batch.pop_front()? {
             Delivery::Read { key, chunk } => (key, chunk),
-            Delivery::Accepted(socket) => return Some(Event::Accepted(socket)),
+            Delivery::Accepted(raw, StreamKind::Inet) => {
+                return Some(Event::Accepted(Stream::from_raw(raw)));
+            }
+            #[cfg(unix)]
+            Delivery::Accepted(raw, StreamKind::Unix) => {
+                return Some(Event::AcceptedUnix(Stream::from_raw(raw)));
+            }
+            // No other family exists on this platform; the stream closes.
+            #[cfg(not(unix))]
+            Delivery::Accepted(..) => return self.next_buffered(),
         };
         let socket = SocketId(key.id);
         Some(match chunk {
@@ -265,12 +331,12 @@ impl<M: Send + 'static> Default for Mailbox<M> {
 impl<M> MailboxSender<M> {
     /// Sends a message; gives it back when the mailbox was dropped.
     pub fn send(&self, message: M) -> Result<(), M> {
-        self.tx.send(Envelope::Message(message)).map_err(
-            |flume::SendError(envelope)| match envelope {
+        self.inbox
+            .send(Envelope::Message(message))
+            .map_err(|envelope| match envelope {
                 Envelope::Message(m) => m,
                 Envelope::Reads(_) => unreachable!("only messages are sent here"),
-            },
-        )
+            })
     }
 
     pub(crate) fn window(&self) -> Arc<Window> {
@@ -287,7 +353,6 @@ impl<M: Send + 'static> MailboxSender<M> {
 impl<M> Clone for MailboxSender<M> {
     fn clone(&self) -> MailboxSender<M> {
         MailboxSender {
-            tx: self.tx.clone(),
             inbox: self.inbox.clone(),
             window: self.window.clone(),
         }

@@ -79,6 +79,14 @@ impl<T> Sender<T> {
         Ok(())
     }
 
+    /// Delivers the value and keeps a handle through which the sender can take it back if
+    /// the receiver is dropped without taking it; gives it back when the receiver is gone.
+    pub(crate) fn send_reclaimable(self, value: T) -> Result<Reclaim<T>, T> {
+        let slot = self.slot.clone();
+        self.send(value)?;
+        Ok(Reclaim { slot })
+    }
+
     /// Whether the receiver was dropped, so that a value sent now would be lost.
     pub(crate) fn is_canceled(&self) -> bool {
         self.slot.lock().receiver_gone
@@ -94,6 +102,35 @@ impl<T> Sender<T> {
         if let Some(waker) = waker {
             waker.wake();
         }
+    }
+}
+
+/// The sender's hold on a value it delivered (see `Sender::send_reclaimable`).
+pub(crate) struct Reclaim<T> {
+    slot: Arc<Slot<T>>,
+}
+
+impl<T> Reclaim<T> {
+    /// Whether the value was taken, or the receiver is gone (so `take_back` decides).
+    pub(crate) fn is_settled(&self) -> bool {
+        let state = self.slot.lock();
+        state.value.is_none() || state.receiver_gone
+    }
+
+    /// The value, if the receiver was dropped without taking it.
+    pub(crate) fn take_back(&self) -> Option<T> {
+        let mut state = self.slot.lock();
+        if state.receiver_gone {
+            state.value.take()
+        } else {
+            None
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Reclaim<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("oneshot::Reclaim")
     }
 }
 
@@ -180,15 +217,6 @@ impl<T> Receiver<T> {
     }
 }
 
-impl<T> Receiver<T> {
-    /// Closes the receiver and takes a value that arrived but was never received.
-    pub(crate) fn close(&self) -> Option<T> {
-        let mut state = self.slot.lock();
-        state.receiver_gone = true;
-        state.value.take()
-    }
-}
-
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         self.slot.lock().receiver_gone = true;
@@ -220,6 +248,23 @@ mod tests {
         let (tx, rx) = channel();
         drop(rx);
         assert_eq!(tx.send(3), Err(3));
+    }
+
+    #[test]
+    fn a_value_never_taken_can_be_reclaimed() {
+        let (tx, rx) = channel();
+        let reclaim = tx.send_reclaimable(5).unwrap();
+        assert!(!reclaim.is_settled());
+        assert_eq!(reclaim.take_back(), None, "the receiver may still take it");
+        drop(rx);
+        assert!(reclaim.is_settled());
+        assert_eq!(reclaim.take_back(), Some(5));
+
+        let (tx, rx) = channel();
+        let reclaim = tx.send_reclaimable(6).unwrap();
+        assert_eq!(rx.recv(), Ok(6));
+        assert!(reclaim.is_settled());
+        assert_eq!(reclaim.take_back(), None);
     }
 
     #[test]

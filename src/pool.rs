@@ -4,7 +4,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::tcp::TcpSocket;
+use crate::stream::{Family, Stream};
 use crate::{Builder, IoTask};
 
 /// A fixed set of I/O tasks that share the work of a server.
@@ -100,7 +100,7 @@ impl IoPool {
     /// pool.shutdown();
     /// # std::io::Result::Ok(())
     /// ```
-    pub fn index_of(&self, socket: &TcpSocket) -> Option<usize> {
+    pub fn index_of<F: Family>(&self, socket: &Stream<F>) -> Option<usize> {
         self.tasks
             .iter()
             .position(|task| Arc::ptr_eq(task.shared(), socket.task()))

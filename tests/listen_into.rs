@@ -90,7 +90,7 @@ fn each_connection_is_announced_before_its_data_and_can_be_answered() {
                 sock.write(got.clone()).unwrap();
                 ended += 1;
             }
-            Event::Message(()) => panic!("no messages were sent"),
+            other => panic!("unexpected event: {other:?}"),
         }
     }
     assert_eq!(server.kill_chan().num_connections(), n);

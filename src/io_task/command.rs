@@ -1,21 +1,29 @@
 //! The closed set of requests a user thread can make of the I/O task.
 //!
-//! Every way into the loop is one variant here and one arm of `EventLoop::handle`. A command
-//! that carries a `reply` resolves it exactly once; a command dropped unhandled (the loop
-//! stopped) drops its reply, which the waiting user reads as `SHUTDOWN`.
+//! Every way into the loop is one variant here and one arm of `EventLoop::handle`. Commands
+//! are built in two places only: `handle.rs` (streams) and `listener.rs` (listeners). A
+//! command that carries a `reply` resolves it exactly once; a command dropped unhandled (the
+//! loop stopped) drops its reply, which the waiting user reads as `SHUTDOWN`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use socket2::Socket;
+use socket2::{SockAddr, Socket};
 
-use crate::io_task::entry::{AcceptTarget, Chunk, Key, Sink, Window};
+use crate::error::Error;
+use crate::io_task::entry::Key;
+use crate::io_task::handle::RawStream;
+use crate::io_task::listener::{AcceptTarget, ListenerState};
+use crate::io_task::sink::{Chunk, Sink, Window};
 use crate::oneshot;
-use crate::tcp::TcpError;
-use crate::tcp::server::ListenerState;
 
-pub(crate) type Reply<T> = oneshot::Sender<Result<T, TcpError>>;
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+/// A family's preparation of a socket it connected or accepted (`TCP_NODELAY`, say), run by
+/// the loop before the socket is served. A failure is ignored: the socket still works.
+pub(crate) type SetupFn = fn(&Socket) -> std::io::Result<()>;
 
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -37,20 +45,28 @@ pub(crate) enum Command {
     },
     /// The listener's flags or room changed: decide again whether it accepts.
     RecheckListener(Key),
-    /// Serve a connected, non-blocking socket (from `connect`).
-    AddSocket {
+    /// Serve a connected, non-blocking socket.
+    AddStream {
         socket: Arc<Socket>,
         queued: Arc<AtomicUsize>,
         reply: Reply<Key>,
     },
-    /// Change how many queued write bytes stop the socket being read.
+    /// Connect to each address in turn, without blocking; reply with the first stream
+    /// that connects, or the last error.
+    Connect {
+        addrs: VecDeque<SockAddr>,
+        setup: Option<SetupFn>,
+        timeout: Option<Duration>,
+        reply: Reply<RawStream>,
+    },
+    /// Change how many queued write bytes stop the stream being read.
     SetWriteWindow {
         key: Key,
         window: Option<usize>,
         reply: Reply<()>,
     },
     /// Deliver reads to `sink` (a port or a mailbox) from now on. A mailbox attaching sends
-    /// no reply: a refusal reaches it as the socket's `Closed` event.
+    /// no reply: a refusal reaches it as the stream's `Closed` event.
     ReadStart {
         key: Key,
         sink: Sink,
@@ -77,11 +93,11 @@ pub(crate) enum Command {
     Write {
         key: Key,
         data: Vec<u8>,
-        done: oneshot::Sender<Result<(), TcpError>>,
+        done: oneshot::Sender<Result<(), Error>>,
     },
-    /// The reader drained its window: read the socket again.
+    /// The reader drained its window: read the stream again.
     Resume(Key),
-    /// The user dropped the socket: flush what is queued, then close.
+    /// The user dropped the stream: flush what is queued, then close.
     Close(Key),
     /// Close everything and stop the loop.
     Shutdown,

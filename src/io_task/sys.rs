@@ -279,3 +279,63 @@ pub(crate) fn accept_nonblocking(listener: &Socket) -> io::Result<Socket> {
     };
     Ok(Socket::from(fd))
 }
+
+/// The local or remote address of a Unix-domain socket, as the standard library names it
+/// (std has no way to build an unnamed address, so it must ask the socket itself).
+#[cfg(unix)]
+pub(crate) fn unix_socket_addr(
+    socket: &Socket,
+    peer: bool,
+) -> io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::unix::net::UnixStream;
+    // SAFETY: `socket` keeps the descriptor open for the duration of the call, and the
+    // `ManuallyDrop` stream only borrows it: it is never dropped, so it never closes it.
+    let stream =
+        std::mem::ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(socket.as_raw_fd()) });
+    if peer {
+        stream.peer_addr()
+    } else {
+        stream.local_addr()
+    }
+}
+
+/// The credentials of a Unix-domain socket's peer, as the kernel recorded them when it
+/// connected: user id, group id, and (where the platform says) process id.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn peer_cred(socket: &Socket) -> io::Result<(u32, u32, Option<i32>)> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes passed, and the kernel
+    // writes at most `len` bytes; the descriptor is open for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((cred.uid, cred.gid, Some(cred.pid)))
+}
+
+/// The credentials of a Unix-domain socket's peer (see the Linux version); the BSDs and
+/// macOS report no process id through `getpeereid`.
+#[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
+pub(crate) fn peer_cred(socket: &Socket) -> io::Result<(u32, u32, Option<i32>)> {
+    let mut uid: libc::uid_t = 0;
+    let mut gid: libc::gid_t = 0;
+    // SAFETY: both pointers are valid for writes; the descriptor is open for the call.
+    let rc = unsafe { libc::getpeereid(socket.as_raw_fd(), &mut uid, &mut gid) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((uid, gid, None))
+}

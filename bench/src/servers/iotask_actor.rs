@@ -113,10 +113,9 @@ fn actor(mut mailbox: Mailbox<TcpSocket>) {
             Event::Accepted(sock) => {
                 sockets.insert(sock.id(), sock);
             }
-            Event::Message(sock) => {
-                if sock.attach(&mailbox).is_ok() {
-                    sockets.insert(sock.id(), sock);
-                }
+            // A socket that cannot attach (its peer already reset it) is dropped below.
+            Event::Message(sock) if sock.attach(&mailbox).is_ok() => {
+                sockets.insert(sock.id(), sock);
             }
             Event::Data { socket, data } => {
                 if let Some(sock) = sockets.get(&socket) {
@@ -126,6 +125,7 @@ fn actor(mut mailbox: Mailbox<TcpSocket>) {
             Event::Closed { socket, .. } => {
                 sockets.remove(&socket);
             }
+            _ => {}
         }
     }
 }

@@ -1,24 +1,60 @@
-//! `TcpSocket` and `NewConnection`: user-side handles to a connection the I/O task serves.
+//! What every stream socket has, whatever its family: [`Stream`] (a connected socket),
+//! [`NewConnection`], [`ReadPort`], the futures, and the buffered [`SocketBuf`].
+//!
+//! A socket family ([`Tcp`](crate::tcp::Tcp), [`Unix`](crate::unix::Unix)) is a marker type
+//! implementing [`Family`]: it fixes the address type and adds its own methods in an
+//! `impl Stream<Tcp>` block. The family modules name the concrete types
+//! (`tcp::TcpSocket` is `Stream<Tcp>`), so most code never writes the parameter.
+
+mod buf;
+mod future;
+mod port;
 
 use std::fmt;
-use std::net::{Shutdown, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::marker::PhantomData;
+use std::time::Duration;
 
-use socket2::Socket;
+pub use buf::SocketBuf;
+pub use future::{ConnectFuture, ReadFuture, WriteFuture};
+pub use port::ReadPort;
 
+use crate::error::Error;
 use crate::io_task::Shared;
-use crate::io_task::command::Command;
-use crate::io_task::entry::{Key, QUEUED_CLOSED, Sink, Window};
+use crate::io_task::handle::RawStream;
+use crate::io_task::timers::deadline_after;
 use crate::mailbox::{MailboxSender, SocketId};
-use crate::oneshot;
-use crate::tcp::{ReadFuture, ReadPort, TcpError, WriteFuture};
 
-/// A connected TCP socket served by an I/O task.
+/// A socket family: its address type and how the I/O task treats its sockets.
+///
+/// Implemented by [`tcp::Tcp`](crate::tcp::Tcp) and, on Unix, [`unix::Unix`](crate::unix::Unix);
+/// sealed, so no other crate can add one.
+pub trait Family: sealed::Sealed + Send + Sync + Sized + 'static {
+    /// The family's socket address: [`std::net::SocketAddr`] or
+    /// [`std::os::unix::net::SocketAddr`].
+    type Addr: Clone + fmt::Debug + Send + Sync + 'static;
+
+    /// The family's name in debug output (`"tcp"`, `"unix"`).
+    const NAME: &'static str;
+
+    /// The local or remote address of a socket of this family.
+    #[doc(hidden)]
+    fn socket_addr(socket: &socket2::Socket, peer: bool) -> std::io::Result<Self::Addr>;
+}
+
+pub(crate) mod sealed {
+    /// Keeps [`Family`](super::Family) closed to other crates.
+    pub trait Sealed {
+        /// Whether the family's sockets are Unix-domain sockets (else internet sockets).
+        #[doc(hidden)]
+        const UNIX: bool;
+    }
+}
+
+/// A connected stream socket served by an I/O task; `tcp::TcpSocket` and
+/// `unix::UnixSocket` are this type for their family.
 ///
 /// Every read and write goes through the I/O task: reads arrive on a [`ReadPort`] (or a
-/// [`Mailbox`](crate::Mailbox), or one at a time through [`read`](TcpSocket::read)), and
+/// [`Mailbox`](crate::Mailbox), or one at a time through [`read`](Stream::read)), and
 /// writes are moved into the task and resolved through a [`WriteFuture`]. The socket is
 /// `Send + Sync`; it can be shared (in an `Arc`) between threads.
 ///
@@ -50,32 +86,25 @@ use crate::tcp::{ReadFuture, ReadPort, TcpError, WriteFuture};
 /// assert_eq!(sock.read(Duration::from_secs(5))?, b"pong");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct TcpSocket {
-    key: Key,
-    task: Arc<Shared>,
-    socket: Arc<Socket>,
-    /// Bytes handed to `write_future` and not yet in the kernel (see `queued_bytes`).
-    queued: Arc<AtomicUsize>,
+pub struct Stream<F: Family> {
+    raw: RawStream,
+    family: PhantomData<fn() -> F>,
 }
 
-/// An incoming connection, handed to `listen`'s `new_connect` callback.
+/// An incoming connection, handed to a listener's `new_connect` callback.
 ///
 /// The connection is already accepted by the kernel and served by the I/O task (data the
-/// client sends waits, unread). Turn it into a [`TcpSocket`] with [`accept`](super::accept)
-/// on any thread, at any time; dropping it instead closes the connection.
-pub struct NewConnection {
-    socket: TcpSocket,
+/// client sends waits, unread). Turn it into a socket with
+/// [`tcp::accept`](crate::tcp::accept) (or [`accept`](NewConnection::accept)) on any thread,
+/// at any time; dropping it instead closes the connection.
+pub struct NewConnection<F: Family> {
+    stream: Stream<F>,
 }
 
-impl NewConnection {
-    pub(crate) fn new(
-        key: Key,
-        task: Arc<Shared>,
-        socket: Arc<Socket>,
-        queued: Arc<AtomicUsize>,
-    ) -> NewConnection {
+impl<F: Family> NewConnection<F> {
+    pub(crate) fn from_raw(raw: RawStream) -> NewConnection<F> {
         NewConnection {
-            socket: TcpSocket::new(key, task, socket, queued),
+            stream: Stream::from_raw(raw),
         }
     }
 
@@ -84,46 +113,43 @@ impl NewConnection {
     /// # Errors
     ///
     /// Fails when the client already reset the connection (`ENOTCONN`).
-    pub fn peer_addr(&self) -> std::io::Result<SocketAddr> {
-        self.socket.peer_addr()
+    pub fn peer_addr(&self) -> std::io::Result<F::Addr> {
+        self.stream.peer_addr()
     }
 
-    pub(crate) fn into_socket(self) -> Result<TcpSocket, TcpError> {
-        if self
-            .socket
-            .task
-            .stopped
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
-            return Err(TcpError::shutdown());
+    /// Turns the connection into a socket.
+    ///
+    /// # Errors
+    ///
+    /// `"SHUTDOWN"` when the I/O task stopped since the connection arrived (it is closed).
+    pub fn accept(self) -> Result<Stream<F>, Error> {
+        if self.stream.raw.task_stopped() {
+            return Err(Error::shutdown());
         }
-        Ok(self.socket)
+        Ok(self.stream)
     }
 }
 
-impl TcpSocket {
-    /// The I/O task serving this socket.
-    pub(crate) fn task(&self) -> &Arc<Shared> {
-        &self.task
+impl<F: Family> Stream<F> {
+    pub(crate) fn from_raw(raw: RawStream) -> Stream<F> {
+        Stream {
+            raw,
+            family: PhantomData,
+        }
     }
 
-    pub(crate) fn new(
-        key: Key,
-        task: Arc<Shared>,
-        socket: Arc<Socket>,
-        queued: Arc<AtomicUsize>,
-    ) -> TcpSocket {
-        TcpSocket {
-            key,
-            task,
-            socket,
-            queued,
-        }
+    pub(crate) fn raw(&self) -> &RawStream {
+        &self.raw
+    }
+
+    /// The I/O task serving this socket.
+    pub(crate) fn task(&self) -> &std::sync::Arc<Shared> {
+        self.raw.task()
     }
 
     /// Starts delivering this socket's reads to a new port.
     ///
-    /// Chunks given back by an earlier [`read_stop`](TcpSocket::read_stop) come first, in
+    /// Chunks given back by an earlier [`read_stop`](Stream::read_stop) come first, in
     /// order; if the stream already ended, the port yields that end at once.
     ///
     /// # Errors
@@ -153,48 +179,30 @@ impl TcpSocket {
     /// assert_eq!(got, b"hello");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn read_start(&self) -> Result<ReadPort, TcpError> {
-        let window = Arc::new(Window::new(self.task.read_window));
-        let (tx, rx) = flume::unbounded();
-        let sink = Sink::Port {
-            tx,
-            window: window.clone(),
-        };
-        self.request(|reply| Command::ReadStart {
-            key: self.key,
-            sink,
-            reply: Some(reply),
-        })?;
-        Ok(ReadPort::new(self.key, rx, window))
+    pub fn read_start(&self) -> Result<ReadPort, Error> {
+        let parts = self.raw.read_start()?;
+        Ok(ReadPort::new(self.raw.key(), parts))
     }
 
     /// Stops delivering reads to `port`, without losing any byte.
     ///
     /// Chunks still sitting in the port are taken back and delivered first to the next
-    /// reader ([`read_start`](TcpSocket::read_start), [`read`](TcpSocket::read),
-    /// [`attach`](TcpSocket::attach)); bytes that arrive meanwhile wait in the kernel.
+    /// reader ([`read_start`](Stream::read_start), [`read`](Stream::read),
+    /// [`attach`](Stream::attach)); bytes that arrive meanwhile wait in the kernel.
     ///
     /// # Errors
     ///
     /// `"EINVAL"` when the port belongs to another socket (it is dropped);
     /// `"CLOSED"` or `"SHUTDOWN"` when the socket or the I/O task is gone.
-    pub fn read_stop(&self, port: ReadPort) -> Result<(), TcpError> {
-        if port.key != self.key {
-            return Err(TcpError::new(
+    pub fn read_stop(&self, port: ReadPort) -> Result<(), Error> {
+        if port.key != self.raw.key() {
+            return Err(Error::new(
                 "EINVAL",
                 "the port belongs to another socket",
                 std::io::ErrorKind::InvalidInput,
             ));
         }
-        let ReadPort {
-            key, rx, window, ..
-        } = port;
-        self.request(|reply| Command::ReadStop {
-            key,
-            port: rx,
-            window,
-            reply,
-        })
+        self.raw.read_stop(port.parts)
     }
 
     /// Reads one chunk, waiting at most `timeout`.
@@ -206,21 +214,15 @@ impl TcpSocket {
     ///
     /// As [`ReadFuture::get`]: `"ETIMEDOUT"` when nothing came in time, `"EOF"` after the
     /// peer closed, `"BUSY"` while a port or mailbox receives this socket's reads.
-    pub fn read(&self, timeout: Duration) -> Result<Vec<u8>, TcpError> {
+    pub fn read(&self, timeout: Duration) -> Result<Vec<u8>, Error> {
         self.read_future(timeout).get()
     }
 
     /// Starts reading one chunk and returns at once; the future resolves with the chunk, the
-    /// end of the stream, or a timeout error after `timeout`.
+    /// end of the stream, or a timeout error after `timeout` (`Duration::MAX`: never).
     pub fn read_future(&self, timeout: Duration) -> ReadFuture {
-        let (reply, rx) = oneshot::channel();
-        let deadline = Instant::now().checked_add(timeout);
-        match self.task.send(Command::ReadOnce {
-            key: self.key,
-            deadline,
-            reply,
-        }) {
-            Ok(()) => ReadFuture::waiting(rx, self.key, self.task.clone()),
+        match self.raw.read_once(deadline_after(timeout)) {
+            Ok(rx) => ReadFuture::waiting(rx),
             Err(e) => ReadFuture::ready(Err(e)),
         }
     }
@@ -230,7 +232,7 @@ impl TcpSocket {
     /// # Errors
     ///
     /// As [`WriteFuture::get`].
-    pub fn write(&self, data: impl Into<Vec<u8>>) -> Result<(), TcpError> {
+    pub fn write(&self, data: impl Into<Vec<u8>>) -> Result<(), Error> {
         self.write_future(data).get()
     }
 
@@ -255,44 +257,28 @@ impl TcpSocket {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn write_future(&self, data: impl Into<Vec<u8>>) -> WriteFuture {
-        let data = data.into();
-        let len = data.len();
-        let (done, rx) = oneshot::channel();
-        self.queued.fetch_add(len, Ordering::SeqCst);
-        match self.task.send(Command::Write {
-            key: self.key,
-            data,
-            done,
-        }) {
-            Ok(()) => WriteFuture::waiting(rx),
-            Err(e) => {
-                self.queued.fetch_sub(len, Ordering::SeqCst);
-                WriteFuture::ready(Err(e))
-            }
+        match self.raw.write(data.into()) {
+            Ok(rx) => WriteFuture::waiting(rx),
+            Err(e) => WriteFuture::ready(Err(e)),
         }
     }
 
-    /// Bytes handed to [`write_future`](TcpSocket::write_future) (or `write`) that are not
+    /// Bytes handed to [`write_future`](Stream::write_future) (or `write`) that are not
     /// yet in the kernel; zero once the socket is closed.
     ///
     /// An actor that must not block on writes uses this to notice a peer that does not read,
     /// for example to drop a slow subscriber instead of queueing for it without bound.
     pub fn queued_bytes(&self) -> usize {
-        let queued = self.queued.load(Ordering::SeqCst);
-        if queued & QUEUED_CLOSED != 0 {
-            0
-        } else {
-            queued
-        }
+        self.raw.queued_bytes()
     }
 
     /// Stops reading this socket while more than `window` bytes of its writes are queued,
     /// until half of them drained (`None`: never).
     ///
     /// This bounds the memory a request/response server spends on a client that sends but
-    /// never reads: its requests stay in the kernel, where TCP flow control stops it, as a
+    /// never reads: its requests stay in the kernel, where flow control stops it, as a
     /// blocking server's would. Sockets accepted by a listener start with
-    /// [`ListenOptions::write_window`](super::ListenOptions::write_window) (1 MiB by
+    /// [`ListenOptions::write_window`](crate::server::ListenOptions::write_window) (1 MiB by
     /// default); connected sockets start with `None`, so that a client streaming both ways
     /// cannot deadlock against such a server. Writes themselves are never refused.
     ///
@@ -301,15 +287,11 @@ impl TcpSocket {
     /// # Errors
     ///
     /// `"CLOSED"` or `"SHUTDOWN"` when the socket or the I/O task is gone.
-    pub fn set_write_window(&self, window: Option<usize>) -> Result<(), TcpError> {
-        self.request(|reply| Command::SetWriteWindow {
-            key: self.key,
-            window,
-            reply,
-        })
+    pub fn set_write_window(&self, window: Option<usize>) -> Result<(), Error> {
+        self.raw.set_write_window(window)
     }
 
-    /// Delivers this socket's reads to a mailbox, tagged with [`id`](TcpSocket::id), batched
+    /// Delivers this socket's reads to a mailbox, tagged with [`id`](Stream::id), batched
     /// with the reads of every other socket attached to it.
     ///
     /// The mailbox sees `Event::Data` for each chunk and one `Event::Closed` when reading
@@ -327,17 +309,9 @@ impl TcpSocket {
     pub fn attach<M: Send + 'static>(
         &self,
         mailbox: &impl AsRef<MailboxSender<M>>,
-    ) -> Result<(), TcpError> {
+    ) -> Result<(), Error> {
         let sender = mailbox.as_ref();
-        let sink = Sink::Mailbox {
-            inbox: sender.inbox(),
-            window: sender.window(),
-        };
-        self.task.send(Command::ReadStart {
-            key: self.key,
-            sink,
-            reply: None,
-        })
+        self.raw.attach(sender.inbox(), sender.window())
     }
 
     /// Stops delivering reads to the mailbox this socket is attached to. Chunks already
@@ -346,16 +320,13 @@ impl TcpSocket {
     /// # Errors
     ///
     /// `"CLOSED"` or `"SHUTDOWN"` when the socket or the I/O task is gone.
-    pub fn detach(&self) -> Result<(), TcpError> {
-        self.request(|reply| Command::Detach {
-            key: self.key,
-            reply,
-        })
+    pub fn detach(&self) -> Result<(), Error> {
+        self.raw.detach()
     }
 
     /// This socket's identity, as mailbox events carry it. Unique in the process.
     pub fn id(&self) -> SocketId {
-        SocketId(self.key.id)
+        SocketId(self.raw.key().id)
     }
 
     /// The remote address.
@@ -363,8 +334,8 @@ impl TcpSocket {
     /// # Errors
     ///
     /// `ENOTCONN` once the connection was reset or closed.
-    pub fn peer_addr(&self) -> std::io::Result<SocketAddr> {
-        as_inet(self.socket.peer_addr()?)
+    pub fn peer_addr(&self) -> std::io::Result<F::Addr> {
+        F::socket_addr(self.raw.socket(), true)
     }
 
     /// The local address.
@@ -372,17 +343,8 @@ impl TcpSocket {
     /// # Errors
     ///
     /// Fails only if the descriptor became invalid, which iotask prevents.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        as_inet(self.socket.local_addr()?)
-    }
-
-    /// Whether `TCP_NODELAY` is set (iotask sets it on every socket it accepts or connects).
-    ///
-    /// # Errors
-    ///
-    /// As `getsockopt(2)`.
-    pub fn nodelay(&self) -> std::io::Result<bool> {
-        self.socket.tcp_nodelay()
+    pub fn local_addr(&self) -> std::io::Result<F::Addr> {
+        F::socket_addr(self.raw.socket(), false)
     }
 
     /// Shuts down the writing half: the peer reads EOF after the bytes already written.
@@ -391,58 +353,26 @@ impl TcpSocket {
     /// # Errors
     ///
     /// As the writes queued before it.
-    pub fn shutdown_write(&self) -> Result<(), TcpError> {
-        // Wait for the queue to drain through an empty write, which resolves in order.
-        self.write(Vec::new())?;
-        self.socket
-            .shutdown(Shutdown::Write)
-            .map_err(TcpError::from)
-    }
-
-    pub(crate) fn unread(&self, data: Vec<u8>) {
-        let _ = self.task.send(Command::Unread {
-            key: self.key,
-            data,
-        });
-    }
-
-    /// Sends a command carrying a reply, and waits for the reply.
-    fn request<T>(
-        &self,
-        command: impl FnOnce(oneshot::Sender<Result<T, TcpError>>) -> Command,
-    ) -> Result<T, TcpError> {
-        let (reply, rx) = oneshot::channel();
-        self.task.send(command(reply))?;
-        rx.recv().unwrap_or_else(|_| Err(TcpError::shutdown()))
+    pub fn shutdown_write(&self) -> Result<(), Error> {
+        self.raw.shutdown_write()
     }
 }
 
-pub(crate) fn as_inet(addr: socket2::SockAddr) -> std::io::Result<SocketAddr> {
-    addr.as_socket().ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an internet address")
-    })
-}
-
-impl Drop for TcpSocket {
-    fn drop(&mut self) {
-        // A stopped task has closed the socket already.
-        let _ = self.task.send(Command::Close(self.key));
-    }
-}
-
-impl fmt::Debug for TcpSocket {
+impl<F: Family> fmt::Debug for Stream<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TcpSocket")
-            .field("id", &self.key.id)
+        f.debug_struct("Stream")
+            .field("family", &F::NAME)
+            .field("id", &self.raw.key().id)
             .field("local", &self.local_addr().ok())
             .field("peer", &self.peer_addr().ok())
             .finish()
     }
 }
 
-impl fmt::Debug for NewConnection {
+impl<F: Family> fmt::Debug for NewConnection<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NewConnection")
+            .field("family", &F::NAME)
             .field("peer", &self.peer_addr().ok())
             .finish()
     }

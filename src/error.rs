@@ -1,4 +1,6 @@
-//! Error types of the TCP API: one per operation family, named after the kernel's errors.
+//! The crate's error types: [`Error`] for every socket operation, [`ConnectError`] and
+//! [`ListenError`] where a caller must tell a refusal or a busy address apart. Names follow
+//! the kernel's (`ECONNRESET`) or are plain words (`EOF`, `SHUTDOWN`).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -6,7 +8,7 @@ use std::io;
 
 /// Why a read, a write or a socket operation failed.
 ///
-/// The error carries a short [`name`](TcpError::name) that matches the kernel's name for the
+/// The error carries a short [`name`](Error::name) that matches the kernel's name for the
 /// error (`"ECONNRESET"`, `"EPIPE"`, `"ETIMEDOUT"`, …) or is a plain word for the conditions
 /// iotask itself defines:
 ///
@@ -18,26 +20,28 @@ use std::io;
 /// | `"SHUTDOWN"` | `ConnectionAborted`  | the I/O task was shut down                               |
 /// | `"BUSY"`     | `ResourceBusy`       | reads are already being delivered somewhere else          |
 ///
-/// `TcpError` is cheap to clone and converts to and from [`std::io::Error`].
+/// `Error` is cheap to clone and converts to and from [`std::io::Error`]; the round trip
+/// keeps its name (an `Error` turned into an `io::Error` and back is the same `Error`).
+/// It is also known as `tcp::TcpError`, its name before Unix-domain sockets came.
 ///
 /// # Examples
 ///
 /// ```
-/// use iotask::tcp::TcpError;
+/// use iotask::Error;
 ///
-/// let e = TcpError::from(std::io::Error::from_raw_os_error(libc::ECONNRESET));
+/// let e = Error::from(std::io::Error::from_raw_os_error(libc::ECONNRESET));
 /// assert_eq!(e.name(), "ECONNRESET");
 /// assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset);
 /// ```
 #[derive(Clone, PartialEq, Eq)]
-pub struct TcpError {
+pub struct Error {
     name: Cow<'static, str>,
     message: Cow<'static, str>,
     kind: io::ErrorKind,
     os: Option<i32>,
 }
 
-impl TcpError {
+impl Error {
     /// The short name of the error: the kernel's (`"ECONNRESET"`) or a plain word (`"EOF"`).
     pub fn name(&self) -> &str {
         &self.name
@@ -68,36 +72,36 @@ impl TcpError {
         self.kind == io::ErrorKind::TimedOut
     }
 
-    pub(crate) fn eof() -> TcpError {
-        TcpError::new("EOF", "end of stream", io::ErrorKind::UnexpectedEof)
+    pub(crate) fn eof() -> Error {
+        Error::new("EOF", "end of stream", io::ErrorKind::UnexpectedEof)
     }
 
-    pub(crate) fn timeout() -> TcpError {
-        TcpError::new("ETIMEDOUT", "timed out", io::ErrorKind::TimedOut)
+    pub(crate) fn timeout() -> Error {
+        Error::new("ETIMEDOUT", "timed out", io::ErrorKind::TimedOut)
     }
 
-    pub(crate) fn closed() -> TcpError {
-        TcpError::new("CLOSED", "socket closed", io::ErrorKind::NotConnected)
+    pub(crate) fn closed() -> Error {
+        Error::new("CLOSED", "socket closed", io::ErrorKind::NotConnected)
     }
 
-    pub(crate) fn shutdown() -> TcpError {
-        TcpError::new(
+    pub(crate) fn shutdown() -> Error {
+        Error::new(
             "SHUTDOWN",
             "the i/o task was shut down",
             io::ErrorKind::ConnectionAborted,
         )
     }
 
-    pub(crate) fn busy() -> TcpError {
-        TcpError::new(
+    pub(crate) fn busy() -> Error {
+        Error::new(
             "BUSY",
             "reads are already being delivered to a port, a future or a mailbox",
             io::ErrorKind::ResourceBusy,
         )
     }
 
-    pub(crate) fn new(name: &'static str, message: &'static str, kind: io::ErrorKind) -> TcpError {
-        TcpError {
+    pub(crate) fn new(name: &'static str, message: &'static str, kind: io::ErrorKind) -> Error {
+        Error {
             name: Cow::Borrowed(name),
             message: Cow::Borrowed(message),
             kind,
@@ -107,8 +111,8 @@ impl TcpError {
 
     /// An error with a caller-chosen name and message, for example to stop a listener through
     /// its kill channel with a reason of your own.
-    pub fn other(name: impl Into<String>, message: impl Into<String>) -> TcpError {
-        TcpError {
+    pub fn other(name: impl Into<String>, message: impl Into<String>) -> Error {
+        Error {
             name: Cow::Owned(name.into()),
             message: Cow::Owned(message.into()),
             kind: io::ErrorKind::Other,
@@ -117,25 +121,29 @@ impl TcpError {
     }
 }
 
-impl fmt::Debug for TcpError {
+impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TcpError")
+        f.debug_struct("Error")
             .field("name", &self.name)
             .field("message", &self.message)
             .finish()
     }
 }
 
-impl fmt::Display for TcpError {
+impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.name, self.message)
     }
 }
 
-impl std::error::Error for TcpError {}
+impl std::error::Error for Error {}
 
-impl From<io::Error> for TcpError {
-    fn from(e: io::Error) -> TcpError {
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Error {
+        // An `Error` that went through `io::Error` comes back as it was.
+        if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
+            return inner.clone();
+        }
         let os = e.raw_os_error();
         let name = match os {
             Some(code) => {
@@ -154,7 +162,7 @@ impl From<io::Error> for TcpError {
             }
             None => Cow::Owned(e.to_string()),
         };
-        TcpError {
+        Error {
             name,
             message,
             kind: e.kind(),
@@ -163,8 +171,8 @@ impl From<io::Error> for TcpError {
     }
 }
 
-impl From<TcpError> for io::Error {
-    fn from(e: TcpError) -> io::Error {
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
         match e.os {
             Some(code) => io::Error::from_raw_os_error(code),
             None => io::Error::new(e.kind, e),
@@ -172,7 +180,7 @@ impl From<TcpError> for io::Error {
     }
 }
 
-/// Why [`connect`](super::connect) failed.
+/// Why [`connect`](crate::tcp::connect) failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectError {
     /// Nobody listens at the address (`ECONNREFUSED`).
@@ -203,12 +211,12 @@ impl From<io::Error> for ConnectError {
         if e.kind() == io::ErrorKind::ConnectionRefused {
             return ConnectError::ConnectionRefused;
         }
-        TcpError::from(e).into()
+        Error::from(e).into()
     }
 }
 
-impl From<TcpError> for ConnectError {
-    fn from(e: TcpError) -> ConnectError {
+impl From<Error> for ConnectError {
+    fn from(e: Error) -> ConnectError {
         if e.kind() == io::ErrorKind::ConnectionRefused {
             return ConnectError::ConnectionRefused;
         }
@@ -228,7 +236,7 @@ impl From<ConnectError> for io::Error {
     }
 }
 
-/// Why [`listen`](super::listen) failed or stopped.
+/// Why [`listen`](crate::tcp::listen) failed or stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenError {
     /// Another socket already listens on the address (`EADDRINUSE`).
@@ -262,13 +270,13 @@ impl From<io::Error> for ListenError {
         match e.kind() {
             io::ErrorKind::AddrInUse => ListenError::AddressInUse,
             io::ErrorKind::PermissionDenied => ListenError::AccessDenied,
-            _ => TcpError::from(e).into(),
+            _ => Error::from(e).into(),
         }
     }
 }
 
-impl From<TcpError> for ListenError {
-    fn from(e: TcpError) -> ListenError {
+impl From<Error> for ListenError {
+    fn from(e: Error) -> ListenError {
         ListenError::Generic {
             name: e.name().to_owned(),
             message: e.message().to_owned(),
@@ -331,7 +339,7 @@ mod tests {
 
     #[test]
     fn os_errors_keep_their_kernel_name_and_kind() {
-        let e = TcpError::from(io::Error::from_raw_os_error(libc::EPIPE));
+        let e = Error::from(io::Error::from_raw_os_error(libc::EPIPE));
         assert_eq!(e.name(), "EPIPE");
         assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
         assert!(!e.message().ends_with('.'));
@@ -351,9 +359,25 @@ mod tests {
     }
 
     #[test]
+    fn a_round_trip_through_io_error_keeps_the_name() {
+        for e in [
+            Error::shutdown(),
+            Error::closed(),
+            Error::busy(),
+            Error::other("X", "y"),
+        ] {
+            let back = Error::from(io::Error::from(e.clone()));
+            assert_eq!(back, e);
+            assert_eq!(back.name(), e.name());
+        }
+        let reset = Error::from(io::Error::from_raw_os_error(libc::ECONNRESET));
+        assert_eq!(Error::from(io::Error::from(reset.clone())), reset);
+    }
+
+    #[test]
     fn eof_and_timeout_are_recognised() {
-        assert!(TcpError::eof().is_eof());
-        assert!(TcpError::timeout().is_timeout());
-        assert!(!TcpError::closed().is_eof());
+        assert!(Error::eof().is_eof());
+        assert!(Error::timeout().is_timeout());
+        assert!(!Error::closed().is_eof());
     }
 }

@@ -1,17 +1,20 @@
 //! `ListenOptions`: how a server binds, accepts and treats its handler's failures.
 
 use std::fmt;
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The write window of accepted sockets unless set otherwise.
 const DEFAULT_WRITE_WINDOW: usize = 1024 * 1024;
 
-/// Settings of a listener, used by [`listen_with`](super::listen_with) and
-/// [`listen_on_pool`](super::listen_on_pool).
+/// Settings of a listener, for every family's `bind` ([`tcp::bind`](crate::tcp::bind),
+/// [`unix::bind`](crate::unix::bind)) and pool.
 ///
-/// The defaults are those of plain [`listen`](super::listen) with a backlog of 128:
+/// Settings that do not apply to a family are ignored by it: a Unix-domain listener has no
+/// `SO_REUSEADDR`, `SO_REUSEPORT`, `IPV6_V6ONLY` or `TCP_NODELAY`, and a TCP listener no
+/// file mode.
+///
+/// The defaults are those of plain [`tcp::listen`](crate::tcp::listen) with a backlog of 128:
 /// `SO_REUSEADDR` on, `SO_REUSEPORT` off, the system's `IPV6_V6ONLY`, `TCP_NODELAY` on every
 /// accepted socket, no connection limit, 64 accepts per loop cycle, a 1 MiB write window on
 /// accepted sockets, and a panicking `new_connect` stops the server
@@ -20,7 +23,7 @@ const DEFAULT_WRITE_WINDOW: usize = 1024 * 1024;
 /// # Examples
 ///
 /// ```
-/// use iotask::tcp::{ListenOptions, OnHandlerError};
+/// use iotask::server::{ListenOptions, OnHandlerError};
 ///
 /// let options = ListenOptions::new()
 ///     .backlog(1024)
@@ -41,9 +44,10 @@ pub struct ListenOptions {
     pub(crate) write_window: Option<usize>,
     pub(crate) on_handler_error: OnHandlerError,
     pub(crate) pool_listener: PoolListener,
+    pub(crate) unix_mode: Option<u32>,
 }
 
-/// How [`listen_on_pool`](super::listen_on_pool) spreads one address over the I/O tasks of
+/// How a listener bound on a pool ([`tcp::bind_pool`](crate::tcp::bind_pool)) spreads one address over the I/O tasks of
 /// a pool. Each accepted connection lives on the task that accepted it, in both modes.
 ///
 /// `PerTask` is the default because it spreads connections evenly and `Shared` does not:
@@ -118,6 +122,7 @@ impl ListenOptions {
             write_window: Some(DEFAULT_WRITE_WINDOW),
             on_handler_error: OnHandlerError::Raise,
             pool_listener: PoolListener::PerTask,
+            unix_mode: None,
         }
     }
 
@@ -178,7 +183,7 @@ impl ListenOptions {
     }
 
     /// The write window of every accepted socket (default 1 MiB; see
-    /// [`TcpSocket::set_write_window`](super::TcpSocket::set_write_window)). `None` lets
+    /// [`Stream::set_write_window`](crate::stream::Stream::set_write_window)). `None` lets
     /// writes queue without bound.
     pub fn write_window(mut self, window: Option<usize>) -> ListenOptions {
         self.write_window = window;
@@ -198,123 +203,16 @@ impl ListenOptions {
         self
     }
 
+    /// The permission bits of a Unix-domain listener's socket file (`0o660` lets only its
+    /// owner and group connect), set before it listens. Unset, the process's umask decides.
+    /// Ignored by TCP listeners and by abstract names.
+    pub fn unix_mode(mut self, mode: u32) -> ListenOptions {
+        self.unix_mode = Some(mode & 0o7777);
+        self
+    }
+
     /// The configured backlog.
     pub fn get_backlog(&self) -> u32 {
         self.backlog
-    }
-}
-
-/// Addresses a listener can be given: anything [`ToSocketAddrs`] takes, plus the forms
-/// servers are usually configured with.
-///
-/// | form | meaning |
-/// |---|---|
-/// | `"127.0.0.1:8080"`, `"[::1]:8080"`, `"localhost:8080"` | `INTF:PORT`, resolved like `ToSocketAddrs` |
-/// | `"*:8080"`, `":8080"`, `"8080"`, `8080u16` | every interface: `[::]:8080` accepting IPv4 too, or `0.0.0.0:8080` where IPv6 is unavailable |
-/// | `SocketAddr`, `(IpAddr, u16)`, `("host", u16)`, `&[SocketAddr]` | as `ToSocketAddrs` |
-pub trait ToListenAddrs {
-    /// The addresses to try, in order.
-    ///
-    /// # Errors
-    ///
-    /// `InvalidInput` for a malformed string; a resolver error for an unknown host.
-    fn to_listen_addrs(&self) -> io::Result<Vec<SocketAddr>>;
-}
-
-/// The every-interface addresses for a port: dual-stack IPv6 first, then IPv4.
-fn any_interface(port: u16) -> Vec<SocketAddr> {
-    vec![
-        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
-    ]
-}
-
-impl ToListenAddrs for str {
-    fn to_listen_addrs(&self) -> io::Result<Vec<SocketAddr>> {
-        let s = self.trim();
-        let bare = s
-            .strip_prefix("*:")
-            .or_else(|| s.strip_prefix(':'))
-            .unwrap_or(s);
-        if let Ok(port) = bare.parse::<u16>() {
-            return Ok(any_interface(port));
-        }
-        if bare != s {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("invalid port in {s:?}"),
-            ));
-        }
-        Ok(s.to_socket_addrs()?.collect())
-    }
-}
-
-impl ToListenAddrs for String {
-    fn to_listen_addrs(&self) -> io::Result<Vec<SocketAddr>> {
-        self.as_str().to_listen_addrs()
-    }
-}
-
-impl ToListenAddrs for u16 {
-    fn to_listen_addrs(&self) -> io::Result<Vec<SocketAddr>> {
-        Ok(any_interface(*self))
-    }
-}
-
-impl<T: ToListenAddrs + ?Sized> ToListenAddrs for &T {
-    fn to_listen_addrs(&self) -> io::Result<Vec<SocketAddr>> {
-        (**self).to_listen_addrs()
-    }
-}
-
-macro_rules! via_to_socket_addrs {
-    ($($t:ty),*) => {$(
-        impl ToListenAddrs for $t {
-            fn to_listen_addrs(&self) -> io::Result<Vec<SocketAddr>> {
-                Ok(self.to_socket_addrs()?.collect())
-            }
-        }
-    )*};
-}
-
-via_to_socket_addrs!(
-    SocketAddr,
-    SocketAddrV4,
-    SocketAddrV6,
-    (IpAddr, u16),
-    (Ipv4Addr, u16),
-    (Ipv6Addr, u16),
-    (&str, u16),
-    (String, u16),
-    [SocketAddr]
-);
-
-impl ToListenAddrs for Vec<SocketAddr> {
-    fn to_listen_addrs(&self) -> io::Result<Vec<SocketAddr>> {
-        Ok(self.clone())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn address_forms() {
-        let any = any_interface(8080);
-        assert_eq!("8080".to_listen_addrs().unwrap(), any);
-        assert_eq!("*:8080".to_listen_addrs().unwrap(), any);
-        assert_eq!(":8080".to_listen_addrs().unwrap(), any);
-        assert_eq!(8080u16.to_listen_addrs().unwrap(), any);
-        assert_eq!(
-            "127.0.0.1:9".to_listen_addrs().unwrap(),
-            vec!["127.0.0.1:9".parse::<SocketAddr>().unwrap()]
-        );
-        assert_eq!(
-            "[::1]:9".to_listen_addrs().unwrap(),
-            vec!["[::1]:9".parse::<SocketAddr>().unwrap()]
-        );
-        assert!("*:http".to_listen_addrs().is_err());
-        assert!("not an address".to_listen_addrs().is_err());
     }
 }

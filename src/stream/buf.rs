@@ -1,17 +1,19 @@
-//! `TcpSocketBuf`: a socket as a buffered `Read + BufRead + Write` stream.
+//! `SocketBuf`: a stream socket as a buffered `Read + BufRead + Write` stream.
 
 use std::fmt;
 use std::io::{self, BufRead, Read, Write};
 use std::time::Duration;
 
-use crate::tcp::{ReadPort, TcpError, TcpSocket};
+use crate::error::Error;
+use crate::stream::{Family, ReadPort, Stream};
 
 /// Writes are gathered up to this size before they are handed to the I/O task.
 const WRITE_BUFFER: usize = 64 * 1024;
 
-/// A [`TcpSocket`] as a blocking, buffered stream: [`Read`], [`BufRead`] and [`Write`].
+/// A stream socket ([`TcpSocket`](crate::tcp::TcpSocket), or a Unix-domain one) as a
+/// blocking, buffered stream: [`Read`], [`BufRead`] and [`Write`].
 ///
-/// Made by [`socket_buf`](super::socket_buf). Reads start a port on first use and return
+/// Made by [`tcp::socket_buf`](crate::tcp::socket_buf) or [`SocketBuf::new`]. Reads start a port on first use and return
 /// `Ok(0)` at the end of the stream; writes are buffered and handed to the I/O task on
 /// [`flush`](Write::flush) or when 64 KiB have gathered. Dropping the buffer hands the
 /// unflushed bytes to the socket, which writes them before it closes; call `flush` to learn
@@ -41,8 +43,8 @@ const WRITE_BUFFER: usize = 64 * 1024;
 /// assert_eq!(line, "hello\n");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct TcpSocketBuf {
-    socket: Option<TcpSocket>,
+pub struct SocketBuf<F: Family> {
+    socket: Option<Stream<F>>,
     port: Option<ReadPort>,
     /// The chunk being read, and how much of it was consumed.
     chunk: Vec<u8>,
@@ -52,9 +54,10 @@ pub struct TcpSocketBuf {
     read_timeout: Option<Duration>,
 }
 
-impl TcpSocketBuf {
-    pub(crate) fn new(socket: TcpSocket) -> TcpSocketBuf {
-        TcpSocketBuf {
+impl<F: Family> SocketBuf<F> {
+    /// Wraps a socket.
+    pub fn new(socket: Stream<F>) -> SocketBuf<F> {
+        SocketBuf {
             socket: Some(socket),
             port: None,
             chunk: Vec::new(),
@@ -72,7 +75,7 @@ impl TcpSocketBuf {
     }
 
     /// The socket inside.
-    pub fn get_ref(&self) -> &TcpSocket {
+    pub fn get_ref(&self) -> &Stream<F> {
         self.socket
             .as_ref()
             .expect("the socket is present until into_inner")
@@ -84,7 +87,7 @@ impl TcpSocketBuf {
     /// # Errors
     ///
     /// The error of the flush; the socket is then dropped (its writes had failed anyway).
-    pub fn into_inner(mut self) -> Result<TcpSocket, TcpError> {
+    pub fn into_inner(mut self) -> Result<Stream<F>, Error> {
         self.flush_out()?;
         let socket = self
             .socket
@@ -95,12 +98,23 @@ impl TcpSocketBuf {
         }
         let rest = self.chunk.split_off(self.pos);
         if !rest.is_empty() {
-            socket.unread(rest);
+            socket.raw().unread(rest);
         }
         Ok(socket)
     }
 
-    fn flush_out(&mut self) -> Result<(), TcpError> {
+    /// Flushes the buffer, then shuts down the sending side: the peer reads every byte
+    /// written before this call, then the end of the stream.
+    ///
+    /// # Errors
+    ///
+    /// The error of the flush or of the shutdown.
+    pub fn shutdown_write(&mut self) -> Result<(), Error> {
+        self.flush_out()?;
+        self.get_ref().shutdown_write()
+    }
+
+    fn flush_out(&mut self) -> Result<(), Error> {
         if self.out.is_empty() {
             return Ok(());
         }
@@ -109,7 +123,7 @@ impl TcpSocketBuf {
     }
 }
 
-impl Read for TcpSocketBuf {
+impl<F: Family> Read for SocketBuf<F> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let available = self.fill_buf()?;
         let n = available.len().min(buf.len());
@@ -119,7 +133,7 @@ impl Read for TcpSocketBuf {
     }
 }
 
-impl BufRead for TcpSocketBuf {
+impl<F: Family> BufRead for SocketBuf<F> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.pos == self.chunk.len() && !self.eof {
             if self.port.is_none() {
@@ -147,7 +161,7 @@ impl BufRead for TcpSocketBuf {
     }
 }
 
-impl Write for TcpSocketBuf {
+impl<F: Family> Write for SocketBuf<F> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.out.extend_from_slice(buf);
         if self.out.len() >= WRITE_BUFFER {
@@ -161,7 +175,7 @@ impl Write for TcpSocketBuf {
     }
 }
 
-impl Drop for TcpSocketBuf {
+impl<F: Family> Drop for SocketBuf<F> {
     fn drop(&mut self) {
         if let Some(socket) = &self.socket {
             if !self.out.is_empty() {
@@ -172,9 +186,9 @@ impl Drop for TcpSocketBuf {
     }
 }
 
-impl fmt::Debug for TcpSocketBuf {
+impl<F: Family> fmt::Debug for SocketBuf<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TcpSocketBuf")
+        f.debug_struct("SocketBuf")
             .field("socket", &self.socket)
             .field("buffered_in", &(self.chunk.len() - self.pos))
             .field("buffered_out", &self.out.len())

@@ -1,0 +1,244 @@
+//! `RawStream`: the engine's user-side handle to a stream it serves. Every command about a
+//! stream is built here; the public socket types wrap a `RawStream` and add the family's
+//! addresses and options.
+
+use std::net::Shutdown;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use socket2::{SockAddr, Socket};
+
+use crate::error::Error;
+use crate::io_task::Shared;
+use crate::io_task::command::{Command, SetupFn};
+use crate::io_task::entry::Key;
+use crate::io_task::sink::{Chunk, Inbox, Sink, Window};
+use crate::io_task::stream::QUEUED_CLOSED;
+use crate::oneshot;
+
+/// A stream served by an I/O task, as a user thread holds it. Dropping it asks the loop to
+/// flush the stream's queued writes and close it.
+#[derive(Debug)]
+pub(crate) struct RawStream {
+    key: Key,
+    task: Arc<Shared>,
+    socket: Arc<Socket>,
+    /// Bytes handed to `write` and not yet in the kernel; the user side adds, the loop
+    /// subtracts, and the loop sets `QUEUED_CLOSED` once the stream left its slab.
+    queued: Arc<AtomicUsize>,
+}
+
+/// The receiving half of a port: what `read_start` gives the public `ReadPort`.
+pub(crate) struct PortParts {
+    pub(crate) rx: flume::Receiver<Chunk>,
+    pub(crate) window: Arc<Window>,
+}
+
+impl RawStream {
+    pub(crate) fn new(
+        key: Key,
+        task: Arc<Shared>,
+        socket: Arc<Socket>,
+        queued: Arc<AtomicUsize>,
+    ) -> RawStream {
+        RawStream {
+            key,
+            task,
+            socket,
+            queued,
+        }
+    }
+
+    pub(crate) fn key(&self) -> Key {
+        self.key
+    }
+
+    pub(crate) fn task(&self) -> &Arc<Shared> {
+        &self.task
+    }
+
+    pub(crate) fn socket(&self) -> &Socket {
+        &self.socket
+    }
+
+    /// Whether the I/O task serving the stream has stopped.
+    pub(crate) fn task_stopped(&self) -> bool {
+        self.task.is_stopped()
+    }
+
+    /// Delivers reads to a new port from now on.
+    pub(crate) fn read_start(&self) -> Result<PortParts, Error> {
+        let window = Arc::new(Window::new(self.task.read_window));
+        let (tx, rx) = flume::unbounded();
+        let sink = Sink::Port {
+            tx,
+            window: window.clone(),
+        };
+        self.request(|reply| Command::ReadStart {
+            key: self.key,
+            sink,
+            reply: Some(reply),
+        })?;
+        Ok(PortParts { rx, window })
+    }
+
+    /// Stops delivering to the port and takes back what it holds.
+    pub(crate) fn read_stop(&self, port: PortParts) -> Result<(), Error> {
+        self.request(|reply| Command::ReadStop {
+            key: self.key,
+            port: port.rx,
+            window: port.window,
+            reply,
+        })
+    }
+
+    /// Asks for one chunk, or a timeout at `deadline`.
+    pub(crate) fn read_once(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<oneshot::Receiver<Chunk>, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.task.send(Command::ReadOnce {
+            key: self.key,
+            deadline,
+            reply,
+        })?;
+        Ok(rx)
+    }
+
+    /// Queues `data` after every earlier write.
+    pub(crate) fn write(
+        &self,
+        data: Vec<u8>,
+    ) -> Result<oneshot::Receiver<Result<(), Error>>, Error> {
+        let len = data.len();
+        let (done, rx) = oneshot::channel();
+        self.queued.fetch_add(len, Ordering::SeqCst);
+        match self.task.send(Command::Write {
+            key: self.key,
+            data,
+            done,
+        }) {
+            Ok(()) => Ok(rx),
+            Err(e) => {
+                self.queued.fetch_sub(len, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    /// Bytes queued and not yet in the kernel; zero once the stream is closed.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        let queued = self.queued.load(Ordering::SeqCst);
+        if queued & QUEUED_CLOSED != 0 {
+            0
+        } else {
+            queued
+        }
+    }
+
+    /// Delivers reads to a mailbox; a refusal reaches the mailbox as the stream's end.
+    pub(crate) fn attach(&self, inbox: Arc<dyn Inbox>, window: Arc<Window>) -> Result<(), Error> {
+        self.task.send(Command::ReadStart {
+            key: self.key,
+            sink: Sink::Mailbox { inbox, window },
+            reply: None,
+        })
+    }
+
+    pub(crate) fn detach(&self) -> Result<(), Error> {
+        self.request(|reply| Command::Detach {
+            key: self.key,
+            reply,
+        })
+    }
+
+    pub(crate) fn set_write_window(&self, window: Option<usize>) -> Result<(), Error> {
+        self.request(|reply| Command::SetWriteWindow {
+            key: self.key,
+            window,
+            reply,
+        })
+    }
+
+    /// Puts bytes back in front of everything not yet delivered.
+    pub(crate) fn unread(&self, data: Vec<u8>) {
+        let _ = self.task.send(Command::Unread {
+            key: self.key,
+            data,
+        });
+    }
+
+    /// Shuts down the sending side after every write queued before this call.
+    pub(crate) fn shutdown_write(&self) -> Result<(), Error> {
+        // An empty write resolves in order, after the queue drained.
+        let rx = self.write(Vec::new())?;
+        rx.recv().unwrap_or_else(|_| Err(Error::shutdown()))?;
+        self.socket.shutdown(Shutdown::Write).map_err(Error::from)
+    }
+
+    /// Sends a command carrying a reply, and waits for the reply.
+    fn request<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Command,
+    ) -> Result<T, Error> {
+        request(&self.task, command)
+    }
+}
+
+impl Drop for RawStream {
+    fn drop(&mut self) {
+        // A stopped task has closed the stream already.
+        let _ = self.task.send(Command::Close(self.key));
+    }
+}
+
+/// Sends a command carrying a reply to `task`, and waits for the reply; a command the loop
+/// never answered (it stopped) reads as `SHUTDOWN`.
+pub(crate) fn request<T>(
+    task: &Shared,
+    command: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Command,
+) -> Result<T, Error> {
+    let (reply, rx) = oneshot::channel();
+    task.send(command(reply))?;
+    rx.recv().unwrap_or_else(|_| Err(Error::shutdown()))
+}
+
+/// Starts connecting to each of `addrs` in turn from the I/O task, without blocking: the
+/// receiver resolves with the connected stream, or with the last address's error.
+///
+/// `setup` runs on each connected socket before it is served (a family's options);
+/// `timeout` bounds each address's attempt.
+pub(crate) fn connect(
+    task: &Arc<Shared>,
+    addrs: Vec<SockAddr>,
+    setup: Option<SetupFn>,
+    timeout: Option<Duration>,
+) -> oneshot::Receiver<Result<RawStream, Error>> {
+    let (reply, rx) = oneshot::channel();
+    if let Err(e) = task.send(Command::Connect {
+        addrs: addrs.into(),
+        setup,
+        timeout,
+        reply,
+    }) {
+        // The command, and the reply it carried, were dropped: answer with the reason.
+        let (reply, rx) = oneshot::channel();
+        let _ = reply.send(Err(e));
+        return rx;
+    }
+    rx
+}
+
+/// Serves an already connected, non-blocking socket.
+pub(crate) fn adopt(task: &Arc<Shared>, socket: Socket) -> Result<RawStream, Error> {
+    let socket = Arc::new(socket);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let key = request(task, |reply| Command::AddStream {
+        socket: socket.clone(),
+        queued: queued.clone(),
+        reply,
+    })?;
+    Ok(RawStream::new(key, task.clone(), socket, queued))
+}
