@@ -753,9 +753,9 @@ impl EventLoop {
             // One buffer (the common case of a reply per request) goes out with `send`,
             // which skips the kernel's copy-in of a message header and an iovec array.
             let result = if count == 1 {
-                socket.send_with_flags(&slices[0], libc::MSG_NOSIGNAL)
+                crate::io_task::sys::send(socket, &slices[0])
             } else {
-                socket.send_vectored_with_flags(&slices[..count], libc::MSG_NOSIGNAL)
+                crate::io_task::sys::send_vectored(socket, &slices[..count])
             };
             match result {
                 Ok(mut n) => {
@@ -994,17 +994,8 @@ impl EventLoop {
                     self.hand_over(key, socket_key, socket, queued);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EPERM)
-                    ) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                    ) =>
-                {
+                Err(e) if crate::io_task::sys::accept_error_is_transient(&e) => {}
+                Err(e) if crate::io_task::sys::accept_error_is_out_of_resources(&e) => {
                     // Out of descriptors or memory: in level mode the pending connection would
                     // be reported again at once, a busy loop. Stop asking until a timer fires;
                     // existing connections are served meanwhile.

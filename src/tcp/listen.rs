@@ -543,7 +543,9 @@ fn start(
     tasks: &[IoTask],
     target: impl Fn(usize) -> AcceptTarget,
 ) -> Result<(Arc<ListenerState>, SocketAddr), ListenError> {
-    let shared = tasks.len() > 1 && options.pool_listener == PoolListener::Shared;
+    let shared = tasks.len() > 1
+        && (options.pool_listener == PoolListener::Shared
+            || !crate::io_task::sys::reuse_port_spreads());
     let sockets = bind_all(addrs, options, tasks.len(), shared)?;
     let local_addr = super::socket::as_inet(sockets[0].local_addr()?)?;
     let state = Arc::new(ListenerState::new(next_id(), options, shared));
@@ -652,12 +654,12 @@ fn bind_all(
 }
 
 fn bind(addr: SocketAddr, options: &ListenOptions) -> std::io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     // flare's rule: reuse before bind, so a restarted server is not locked out of its port
     // by connections in TIME_WAIT.
     socket.set_reuse_address(options.reuse_address)?;
     if options.reuse_port {
-        socket.set_reuse_port(true)?;
+        crate::io_task::sys::set_reuse_port(&socket)?;
     }
     if let (true, Some(only_v6)) = (addr.is_ipv6(), options.only_v6) {
         socket.set_only_v6(only_v6)?;
