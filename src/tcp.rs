@@ -26,7 +26,7 @@ pub use crate::server::{CloseMode, HandlerErrorFn, ListenOptions, OnHandlerError
 pub use crate::stream::{ReadFuture, ReadPort, WriteFuture};
 
 use crate::error::Error;
-use crate::io_task::handle;
+use crate::io_task::{handle, sys};
 use crate::mailbox::MailboxSender;
 use crate::pool::IoPool;
 use crate::stream::{self, Family, Stream};
@@ -440,7 +440,9 @@ fn bind_tasks<A: ToListenAddrs>(
     tasks: &[IoTask],
 ) -> Result<Listener, ListenError> {
     let addrs = addr.to_listen_addrs().map_err(resolve_error)?;
-    let shared = tasks.len() > 1 && options.pool_listener == PoolListener::Shared;
+    // Where `SO_REUSEPORT` does not spread connections, every task shares one socket.
+    let shared = tasks.len() > 1
+        && (options.pool_listener == PoolListener::Shared || !sys::reuse_port_spreads());
     let sockets = bind_all(&addrs, options, tasks.len(), shared)?;
     let local_addr = as_inet(&sockets[0].local_addr()?)?;
     let setup = options.nodelay.then_some(set_nodelay as _);
@@ -493,12 +495,12 @@ fn bind_all(
 }
 
 fn bind_one(addr: SocketAddr, options: &ListenOptions) -> std::io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     // flare's rule: reuse before bind, so a restarted server is not locked out of its port
     // by connections in TIME_WAIT.
     socket.set_reuse_address(options.reuse_address)?;
     if options.reuse_port {
-        socket.set_reuse_port(true)?;
+        sys::set_reuse_port(&socket)?;
     }
     if let (true, Some(only_v6)) = (addr.is_ipv6(), options.only_v6) {
         socket.set_only_v6(only_v6)?;

@@ -23,9 +23,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::ffi::OsStr;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -295,7 +293,7 @@ fn bind_tasks<A: ToUnixAddr>(
 ) -> Result<Listener, ListenError> {
     let addr = addr.to_unix_addr()?;
     let sockaddr = to_sockaddr(&addr)?;
-    let socket = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
     let path = addr.as_pathname().map(Path::to_path_buf);
     match socket.bind(&sockaddr) {
         Ok(()) => {}
@@ -360,7 +358,7 @@ fn is_stale(path: &Path) -> bool {
         return false;
     }
     let probe = || -> io::Result<()> {
-        let socket = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
         socket.set_nonblocking(true)?;
         socket.connect(&SockAddr::unix(path)?)
     };
@@ -374,7 +372,9 @@ fn to_sockaddr(addr: &SocketAddr) -> io::Result<SockAddr> {
     }
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
+        use std::ffi::OsStr;
         use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::ffi::OsStrExt;
         if let Some(name) = addr.as_abstract_name() {
             let mut bytes = Vec::with_capacity(name.len() + 1);
             bytes.push(0);

@@ -181,7 +181,7 @@ impl EventLoop {
 
 /// A non-blocking, close-on-exec stream socket for `addr`'s family.
 fn new_stream_socket(addr: &SockAddr) -> io::Result<Socket> {
-    let socket = Socket::new(addr.domain(), Type::STREAM.cloexec(), None)?;
+    let socket = Socket::new(addr.domain(), Type::STREAM, None)?;
     socket.set_nonblocking(true)?;
     Ok(socket)
 }

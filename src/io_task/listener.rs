@@ -17,7 +17,7 @@ use crate::io_task::event_loop::EventLoop;
 use crate::io_task::handle::{RawStream, request};
 use crate::io_task::registration::{Interest, Registration};
 use crate::io_task::sink::{Delivery, Inbox, Sink, StreamKind, Window};
-use crate::io_task::sys::accept_nonblocking;
+use crate::io_task::sys::{self, accept_nonblocking};
 use crate::io_task::timers::Timer;
 use crate::oneshot;
 
@@ -528,17 +528,8 @@ impl EventLoop {
                     self.hand_over(key, stream);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EPERM)
-                    ) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                    ) =>
-                {
+                Err(e) if sys::accept_error_is_transient(&e) => {}
+                Err(e) if sys::accept_error_is_out_of_resources(&e) => {
                     // Out of descriptors or memory: in level mode the pending connection would
                     // be reported again at once, a busy loop. Stop asking until a timer fires;
                     // existing connections are served meanwhile.

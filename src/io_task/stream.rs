@@ -14,7 +14,7 @@ use crate::io_task::event_loop::EventLoop;
 use crate::io_task::listener::ConnectionGuard;
 use crate::io_task::registration::{Interest, Registration};
 use crate::io_task::sink::{Chunk, Delivery, Sink};
-use crate::io_task::sys::recv_spare;
+use crate::io_task::sys::{self, recv_spare};
 use crate::io_task::timers::{Timer, deadline_after};
 use crate::oneshot;
 
@@ -469,9 +469,9 @@ impl EventLoop {
             // One buffer (the common case of a reply per request) goes out with `send`,
             // which skips the kernel's copy-in of a message header and an iovec array.
             let result = if count == 1 {
-                socket.send_with_flags(&slices[0], libc::MSG_NOSIGNAL)
+                sys::send(socket, &slices[0])
             } else {
-                socket.send_vectored_with_flags(&slices[..count], libc::MSG_NOSIGNAL)
+                sys::send_vectored(socket, &slices[..count])
             };
             match result {
                 Ok(n) => s.wrote(n),
