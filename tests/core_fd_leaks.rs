@@ -2,9 +2,10 @@
 //! connections, kill channels and mailboxes dropped in every order, from several threads.
 //!
 //! Descriptors are counted for the whole process, so this file holds a single test that
-//! runs its scenarios one after the other: tests in one file run as threads of one process
-//! and would disturb each other's counts.
+//! runs its scenarios one after the other, in a test binary of its own: tests in one binary
+//! run as threads of one process and would disturb each other's counts.
 
+#[path = "it/util.rs"]
 mod util;
 
 use std::io::{BufRead, Write};

@@ -1,7 +1,6 @@
 //! The `http` example: an HTTP/1.1 server, driven by std clients, `curl` and `wrk`.
 
-mod examples_support;
-#[path = "../examples/http.rs"]
+#[path = "../../examples/http.rs"]
 #[allow(dead_code)]
 mod http;
 
@@ -9,6 +8,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
+
+use crate::examples_support;
 
 /// A response, as a client reads it.
 #[derive(Debug)]

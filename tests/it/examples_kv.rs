@@ -1,7 +1,6 @@
 //! The `kv` example: a RESP2 server, driven by std clients, `redis-cli` and `redis-benchmark`.
 
-mod examples_support;
-#[path = "../examples/kv.rs"]
+#[path = "../../examples/kv.rs"]
 #[allow(dead_code)]
 mod kv;
 
@@ -9,6 +8,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::examples_support;
 
 /// A reply, as a client reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,8 +1,9 @@
 //! Helpers shared by the `core_*` integration tests.
 //!
-//! Each test file does `mod util;` and uses only part of this module, hence the
-//! `dead_code` allowance. Every helper that waits has a deadline, so a broken library makes a
-//! test fail instead of hanging.
+//! A module of the `it` test binary (`tests/it/main.rs`), also included by
+//! `tests/core_fd_leaks.rs` as `#[path = "it/util.rs"] mod util;`. Each test module uses only
+//! part of it, hence the `dead_code` allowance. Every helper that waits has a deadline, so a
+//! broken library makes a test fail instead of hanging.
 
 #![allow(dead_code)]
 

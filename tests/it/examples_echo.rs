@@ -1,12 +1,11 @@
 //! The echo examples (`echo_server`, `echo_actor`) and the demo, run in-process.
 
-#[path = "../examples/demo.rs"]
+#[path = "../../examples/demo.rs"]
 #[allow(dead_code)]
 mod demo;
-#[path = "../examples/echo_server.rs"]
+#[path = "../../examples/echo_server.rs"]
 #[allow(dead_code)]
 mod echo_server;
-mod examples_support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -14,7 +13,8 @@ use std::time::Duration;
 
 // The demo includes examples/echo_actor.rs; loading it a second time would duplicate it.
 use demo::echo_actor;
-use examples_support::{Server, TIMEOUT, client, join_within};
+
+use crate::examples_support::{Server, TIMEOUT, client, join_within};
 
 fn start_echo_server() -> Server {
     Server::start(|iotask, on_bound| echo_server::serve("127.0.0.1:0", iotask, on_bound))

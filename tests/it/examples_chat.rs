@@ -1,16 +1,15 @@
 //! The chat example, run in-process and talked to by `std` clients and by `socat`.
 
-#[path = "../examples/chat.rs"]
+#[path = "../../examples/chat.rs"]
 #[allow(dead_code)]
 mod chat;
-mod examples_support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use examples_support::{ChildGuard, Server, TIMEOUT, client, have_tool};
+use crate::examples_support::{ChildGuard, Server, TIMEOUT, client, have_tool};
 
 fn start_chat() -> Server {
     Server::start(|iotask, on_bound| chat::serve("127.0.0.1:0", iotask, on_bound))

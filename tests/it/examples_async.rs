@@ -1,7 +1,7 @@
 //! The async interop example, run as a test: on a current-thread runtime as its `main` makes
 //! one, and on tokio's test runtime.
 
-#[path = "../examples/async_interop.rs"]
+#[path = "../../examples/async_interop.rs"]
 #[allow(dead_code)]
 mod async_interop;
 

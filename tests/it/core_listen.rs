@@ -1,8 +1,6 @@
 //! `listen`, `accept`, `connect`: binding rules, callbacks, the kill channel, and the seed's
 //! server/client cases.
 
-mod util;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
@@ -11,7 +9,8 @@ use std::sync::mpsc;
 
 use iotask::IoTask;
 use iotask::tcp::{self, ConnectError, ListenError, TcpError};
-use util::*;
+
+use crate::util::*;
 
 #[test]
 fn relisten_on_a_port_in_time_wait_succeeds_at_once() {

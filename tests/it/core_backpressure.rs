@@ -1,14 +1,13 @@
 //! Backpressure: a reader that does not receive stops its socket being read, so a flooding
 //! peer is slowed by TCP flow control; receiving lets it go on. Nothing is lost on the way.
 
-mod util;
-
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
 use iotask::tcp::TcpSocket;
 use iotask::{Event, IoTask, Mailbox};
-use util::*;
+
+use crate::util::*;
 
 const MIB: usize = 1024 * 1024;
 /// The most a flooding client may push into a reader that receives nothing: the read window

@@ -1,12 +1,11 @@
 //! IPv6: listening, connecting, echoing and addresses on `[::1]`.
 
-mod util;
-
 use std::net::{SocketAddr, TcpListener};
 
 use iotask::IoTask;
 use iotask::tcp::{self, ConnectError};
-use util::*;
+
+use crate::util::*;
 
 /// Whether `::1` can be bound here; says so loudly when not, and fails under CI.
 fn ipv6_available() -> bool {

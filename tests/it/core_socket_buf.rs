@@ -1,14 +1,13 @@
 //! The buffered socket (`tcp::socket_buf`) as reader and writer, and EOF through it.
 
-mod util;
-
 use std::io::{BufRead, ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::time::Duration;
 
 use iotask::IoTask;
 use iotask::tcp;
-use util::*;
+
+use crate::util::*;
 
 #[test]
 fn write_lines_flush_and_read_them_back() {

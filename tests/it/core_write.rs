@@ -1,8 +1,6 @@
 //! Writing: order of queued writes, when a write future resolves, errors on reset, dropped
 //! futures and dropped sockets.
 
-mod util;
-
 use std::future::Future;
 use std::io::Read;
 use std::pin::Pin;
@@ -14,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use iotask::IoTask;
 use iotask::tcp::WriteFuture;
-use util::*;
+
+use crate::util::*;
 
 const MIB: usize = 1024 * 1024;
 

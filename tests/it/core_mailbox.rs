@@ -1,8 +1,6 @@
 //! Mailboxes: one thread receives the reads of many sockets, tagged with their ids, plus its
 //! own messages.
 
-mod util;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::Shutdown;
@@ -10,7 +8,8 @@ use std::time::Duration;
 
 use iotask::tcp::TcpSocket;
 use iotask::{Event, IoTask, Mailbox, SocketId};
-use util::*;
+
+use crate::util::*;
 
 #[test]
 fn one_mailbox_receives_many_sockets_in_order_with_their_ids() {

@@ -1,8 +1,8 @@
 //! Helpers shared by the tests of the examples: run an example's server on its own thread and
 //! I/O task, make `std` clients that cannot hang, and check for external tools.
 //!
-//! Each `tests/examples_*.rs` file includes this one as a module and uses part of it; cargo
-//! also builds it as a test target of its own, with no tests.
+//! A module of the `it` test binary (`tests/it/main.rs`); each `examples_*` module uses part
+//! of it.
 
 #![allow(dead_code)]
 

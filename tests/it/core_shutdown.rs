@@ -1,14 +1,13 @@
 //! `IoTask::shutdown` and dropping the last `IoTask` handle: everything pending ends with
 //! `SHUTDOWN`, promptly, and every later operation fails the same way.
 
-mod util;
-
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use iotask::tcp::{self, ConnectError, ListenError, TcpError, TcpSocket, WriteFuture};
 use iotask::{Event, IoTask, Mailbox};
-use util::*;
+
+use crate::util::*;
 
 const PROMPTLY: Duration = Duration::from_secs(2);
 

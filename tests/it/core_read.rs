@@ -1,7 +1,5 @@
 //! Reading: ports, order, EOF, `read_stop`/`read_start`, timeouts, read futures.
 
-mod util;
-
 use std::future::Future;
 use std::io::Write;
 use std::pin::pin;
@@ -11,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use iotask::IoTask;
 use iotask::tcp::ReadPort;
-use util::*;
+
+use crate::util::*;
 
 /// How many chunks wait unreceived in a port, read from its `Debug` output (the only way to
 /// look without receiving).
