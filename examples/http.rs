@@ -80,7 +80,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 ///
 /// The bind or listen error (`AddrInUse`, …), or a failure to spawn a thread.
 pub fn start(addr: &str, iotask: &IoTask) -> io::Result<Server> {
-    actor_server::start(addr, iotask, "http-actor", http_actor)
+    actor_server::start(addr, iotask, "http-actor", Mailbox::new(), http_actor)
 }
 
 /// Whether a connection stays open after the bytes just served.
