@@ -149,11 +149,16 @@ impl Parser {
                         return Ok(None);
                     }
                     let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
-                    let args = line
+                    let args: Vec<Vec<u8>> = line
                         .split(|&b| b == b' ' || b == b'\t')
                         .filter(|word| !word.is_empty())
                         .map(<[u8]>::to_vec)
                         .collect();
+                    // Only reachable with a `max_args` below half of `max_line`; Redis has
+                    // no such limit, and so no message of its own for it.
+                    if args.len() > self.limits.max_args {
+                        return Err(error("too many arguments in inline request"));
+                    }
                     return Ok(Some(self.finish(args)));
                 }
                 State::Count { cr: false } => {
