@@ -19,18 +19,28 @@
 //! socket. Nothing is shared, so nothing is locked, and commands run one at a time, in
 //! arrival order, as in Redis.
 //!
-//! For each chunk a client sends, the actor parses every complete command buffered so far
-//! (clients pipeline: redis-benchmark `-P 16` sends sixteen commands at once), runs them,
-//! and sends all their replies in one write future, which it does not wait for. A partial
-//! command stays in the connection's buffer until the rest arrives.
+//! Each connection has a [`resp::Parser`] that keeps its place between chunks: it takes
+//! each chunk a client sends once, moving the arguments it completes out of the input, and
+//! yields every command whose last byte has arrived (clients pipeline: redis-benchmark
+//! `-P 16` sends sixteen commands at once). The actor runs them and sends all their replies
+//! in one write future, which it does not wait for. So a command costs time in proportion to
+//! its size however finely it is split, and a client streaming a huge one in small pieces
+//! holds the actor for a moment per piece, not for a re-parse of everything so far.
 //!
 //! Supported: `PING [msg]`, `ECHO`, `SET key value [EX s | PX ms] [NX | XX]`, `GET`,
 //! `DEL`, `EXISTS`, `INCR`, `MGET`, `MSET`, `DBSIZE`, `FLUSHALL`, `FLUSHDB`, `CONFIG GET`,
 //! `COMMAND` (an empty table) and `QUIT`, as arrays of bulk strings or inline commands.
 //! Keys expire lazily when touched, and a sweep removes the rest a few times a second.
 //!
-//! Limits: a command's input is bounded (512 MiB per bulk string, 64 KiB per line); its
-//! output by the listener's write window (1 MiB by default): a client that sends commands
+//! Limits, Redis's by default ([`resp::Limits`]): a bulk string of at most 512 MiB
+//! (`--proto-max-bulk-len BYTES`), at most 1,048,576 arguments, lines (inline commands and
+//! `*`/`$` headers) of at most 64 KiB, and at most 1 GiB of arguments in one command
+//! (`--client-query-buffer-limit BYTES`). That last default is Redis's too: the query limit
+//! has to leave room for one bulk string of the largest allowed length, or that length
+//! could never be sent; lower both on a small machine. A client that crosses a limit or
+//! breaks the protocol gets redis-server's error (`-ERR Protocol error: invalid bulk
+//! length`, …) and is disconnected; the others are not affected. A command's output is
+//! bounded by the listener's write window (1 MiB by default): a client that sends commands
 //! but never reads the replies stops being read until it does.
 
 #[path = "support/actor_server.rs"]
@@ -50,19 +60,35 @@ use iotask::{Event, IoTask, Mailbox, SocketId};
 
 pub use actor_server::{Message, Server};
 
+use resp::{Limits, Parser};
 use store::{After, Store};
 
+/// Input bytes the actor's mailbox holds before every client stops being read until it
+/// catches up. A client's command waits behind at most about this much of the others'
+/// input, so it bounds how long one client streaming a huge command can delay the rest:
+/// at the parser's slowest (one-byte arguments) 256 KiB take a few milliseconds. The
+/// library's default, 4 MiB, let a PING wait 57 ms behind a 1,048,576-argument command.
+const MAILBOX_WINDOW: usize = 256 * 1024;
 /// How often the actor removes expired keys nobody touched.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
-/// A connection's input buffer is shrunk back when it holds less than this but has grown
-/// far beyond it, so that one large value does not pin its memory for good.
-const BUFFER_KEEP: usize = 64 * 1024;
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:6380".to_owned());
-    let server = start(&addr, &iotask::global())?;
+    let mut args = std::env::args().skip(1);
+    let mut addr = "127.0.0.1:6380".to_owned();
+    let mut limits = Limits::default();
+    while let Some(arg) = args.next() {
+        let mut value = || -> Result<usize, Box<dyn Error>> {
+            let value = args.next().ok_or(format!("{arg} needs a value"))?;
+            Ok(value.parse().map_err(|e| format!("{arg} {value}: {e}"))?)
+        };
+        match arg.as_str() {
+            "--proto-max-bulk-len" => limits.max_bulk_len = value()?,
+            "--client-query-buffer-limit" => limits.max_query = value()?,
+            _ if arg.starts_with("--") => return Err(format!("unknown option {arg}").into()),
+            _ => addr = arg,
+        }
+    }
+    let server = start_with(&addr, &iotask::global(), limits)?;
     println!("listening on {}", server.local_addr());
     io::stdout().flush()?;
     server.wait()?;
@@ -75,24 +101,36 @@ fn main() -> Result<(), Box<dyn Error>> {
 ///
 /// The bind or listen error (`AddrInUse`, …), or a failure to spawn a thread.
 pub fn start(addr: &str, iotask: &IoTask) -> io::Result<Server> {
-    actor_server::start(addr, iotask, "kv-store", store_actor)
+    start_with(addr, iotask, Limits::default())
 }
 
-/// One client: its socket and the bytes of a command not complete yet.
+/// [`start`] with the limits every client's commands must keep.
+///
+/// # Errors
+///
+/// As [`start`].
+pub fn start_with(addr: &str, iotask: &IoTask, limits: Limits) -> io::Result<Server> {
+    let mailbox = Mailbox::with_window(MAILBOX_WINDOW);
+    actor_server::start(addr, iotask, "kv-store", mailbox, move |mailbox| {
+        store_actor(mailbox, limits)
+    })
+}
+
+/// One client: its socket and where its parser stands in the command in progress.
 struct Connection {
     sock: TcpSocket,
-    input: Vec<u8>,
+    parser: Parser,
 }
 
 /// The store actor: owns the data and every client, until told to stop.
-fn store_actor(mut mailbox: Mailbox<Message>) {
+fn store_actor(mut mailbox: Mailbox<Message>, limits: Limits) {
     let mut store = Store::new();
     let mut clients: HashMap<SocketId, Connection> = HashMap::new();
     let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
     loop {
         let until_sweep = next_sweep.saturating_duration_since(Instant::now());
         match mailbox.recv_timeout(until_sweep) {
-            Some(Event::Accepted(sock)) => welcome(&mut clients, sock),
+            Some(Event::Accepted(sock)) => welcome(&mut clients, sock, limits),
             Some(Event::Data { socket, data }) => {
                 if let Some(client) = clients.get_mut(&socket) {
                     if client.serve(data, &mut store) == After::Close {
@@ -117,29 +155,23 @@ fn store_actor(mut mailbox: Mailbox<Message>) {
 }
 
 /// Starts serving a new client, whose reads already come to the actor's mailbox.
-fn welcome(clients: &mut HashMap<SocketId, Connection>, sock: TcpSocket) {
-    let input = Vec::new();
-    clients.insert(sock.id(), Connection { sock, input });
+fn welcome(clients: &mut HashMap<SocketId, Connection>, sock: TcpSocket, limits: Limits) {
+    let parser = Parser::new(limits);
+    clients.insert(sock.id(), Connection { sock, parser });
 }
 
 impl Connection {
-    /// Runs every complete command buffered after `data` arrived and writes their replies
-    /// in one go. Returns `After::Close` after `QUIT` or a protocol error.
+    /// Runs every command `data` completes and writes their replies in one go. Returns
+    /// `After::Close` after `QUIT` or a protocol error.
     fn serve(&mut self, data: Vec<u8>, store: &mut Store) -> After {
-        if self.input.is_empty() {
-            self.input = data;
-        } else {
-            self.input.extend_from_slice(&data);
-        }
+        let mut input = data.as_slice();
         let mut replies = Vec::new();
-        let mut used = 0;
         let mut after = After::KeepOpen;
         while after == After::KeepOpen {
-            match resp::parse_command(&self.input[used..]) {
-                Ok(Some(command)) => {
-                    used += command.len;
-                    if !command.args.is_empty() {
-                        after = store.execute(&command.args, &mut replies);
+            match self.parser.parse(&mut input) {
+                Ok(Some(args)) => {
+                    if !args.is_empty() {
+                        after = store.execute(&args, &mut replies);
                     }
                 }
                 Ok(None) => break,
@@ -150,10 +182,6 @@ impl Connection {
                     after = After::Close;
                 }
             }
-        }
-        self.input.drain(..used);
-        if self.input.capacity() > 4 * BUFFER_KEEP && self.input.len() < BUFFER_KEEP {
-            self.input.shrink_to(BUFFER_KEEP);
         }
         if !replies.is_empty() {
             // The write happens in order with this client's earlier ones; the actor does not

@@ -1,6 +1,9 @@
-//! Parsing an HTTP/1.x request head (RFC 9112): the request line and the header fields
-//! the server acts on. Bodies are framed by `Content-Length` only.
+//! Parsing HTTP/1.x requests (RFC 9112): the request line and the header fields the
+//! server acts on, and the framing of a connection's stream into requests ([`Reader`]).
+//! Bodies are framed by `Content-Length` only.
 
+/// The longest request line accepted, without its line end; a longer one gets `414`.
+pub const MAX_REQUEST_LINE: usize = 8 * 1024;
 /// The largest request head accepted: request line and header fields together.
 pub const MAX_HEAD: usize = 16 * 1024;
 /// The largest request body accepted.
@@ -57,8 +60,88 @@ pub struct Rejection {
     pub why: &'static str,
 }
 
-const fn reject(status: u16, why: &'static str) -> Rejection {
+/// A [`Rejection`] with `status` and `why`.
+pub const fn reject(status: u16, why: &'static str) -> Rejection {
     Rejection { status, why }
+}
+
+/// One connection's input, framed into requests as it arrives.
+///
+/// It buffers what has not been served yet and remembers where it stopped looking for the
+/// end of a head, so a head sent a byte at a time is scanned once, not once per byte.
+#[derive(Debug, Default)]
+pub struct Reader {
+    input: Vec<u8>,
+    /// Bytes at the start of `input` already handed out (requests, and blank lines).
+    used: usize,
+    /// Where the search for the end of the head resumes, counted from `used`: the start of
+    /// its last incomplete line.
+    scanned: usize,
+    /// The head of the request whose body is still arriving.
+    waiting: Option<Head>,
+}
+
+/// Input bytes a connection's buffer keeps room for between requests.
+const BUFFER_KEEP: usize = 64 * 1024;
+
+impl Reader {
+    /// An empty reader, for a new connection.
+    pub fn new() -> Reader {
+        Reader::default()
+    }
+
+    /// Adds the next bytes of the stream.
+    pub fn push(&mut self, data: Vec<u8>) {
+        self.input.drain(..self.used);
+        self.used = 0;
+        if self.input.capacity() > 4 * BUFFER_KEEP && self.input.len() < BUFFER_KEEP {
+            // One large body does not pin its memory for the rest of the connection.
+            self.input.shrink_to(BUFFER_KEEP);
+        }
+        if self.input.is_empty() {
+            self.input = data;
+        } else {
+            self.input.extend_from_slice(&data);
+        }
+    }
+
+    /// The next complete request, head and body, or `Ok(None)` until more bytes come.
+    /// Empty lines between requests are skipped (RFC 9112, section 2.2).
+    ///
+    /// # Errors
+    ///
+    /// The [`Rejection`] of [`parse_head`]; the stream cannot be read further after it.
+    pub fn next_request(&mut self) -> Result<Option<(Head, &[u8])>, Rejection> {
+        let head = match self.waiting.take() {
+            Some(head) => head,
+            None => {
+                while matches!(self.input.get(self.used), Some(b'\r' | b'\n')) {
+                    self.used += 1;
+                }
+                let buf = &self.input[self.used..];
+                let Some(len) = find_head(buf, &mut self.scanned)? else {
+                    return Ok(None);
+                };
+                let head = parse_complete_head(&buf[..len])?;
+                self.used += len;
+                self.scanned = 0;
+                head
+            }
+        };
+        let start = self.used;
+        let end = start + head.content_length;
+        if self.input.len() < end {
+            self.waiting = Some(head);
+            return Ok(None);
+        }
+        self.used = end;
+        Ok(Some((head, &self.input[start..end])))
+    }
+
+    /// The head of the request whose body is still arriving, if any.
+    pub fn waiting_body(&self) -> Option<&Head> {
+        self.waiting.as_ref()
+    }
 }
 
 /// Parses the request head at the start of `buf`.
@@ -74,9 +157,15 @@ const fn reject(status: u16, why: &'static str) -> Rejection {
 /// (this server needs a `Content-Length`), `501` for any other transfer coding; `505` for
 /// a version other than 1.x.
 pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, Rejection> {
-    let Some(len) = head_len(buf)? else {
-        return Ok(None);
-    };
+    match find_head(buf, &mut 0)? {
+        Some(len) => parse_complete_head(&buf[..len]).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Parses a head whose end [`find_head`] found: `buf` is the head, empty line included.
+fn parse_complete_head(buf: &[u8]) -> Result<Head, Rejection> {
+    let len = buf.len();
     let mut lines = buf[..len].split(|&b| b == b'\n').map(|line| match line {
         [rest @ .., b'\r'] => rest,
         line => line,
@@ -134,7 +223,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, Rejection> {
         Version::Http11 => !close,
         Version::Http10 => keep_alive && !close,
     };
-    Ok(Some(Head {
+    Ok(Head {
         method,
         target,
         version,
@@ -142,7 +231,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, Rejection> {
         keep_alive,
         expect_continue,
         len,
-    }))
+    })
 }
 
 /// The header fields the server acts on.
@@ -172,20 +261,40 @@ impl Field {
     }
 }
 
-/// The length of the head, empty line included, once it is complete.
-fn head_len(buf: &[u8]) -> Result<Option<usize>, Rejection> {
+/// The length of the head at the start of `buf`, empty line included, once it is complete.
+///
+/// `from` is where to resume: 0 at first, then what the previous call left there (the
+/// start of the last incomplete line), for the same head with more bytes after it. So
+/// each byte is looked at once however the head is split.
+///
+/// # Errors
+///
+/// `414` for a request line over [`MAX_REQUEST_LINE`], `431` for a head over [`MAX_HEAD`],
+/// each as soon as that many bytes have come without the line's or the head's end; `400`
+/// for an empty request line.
+pub fn find_head(buf: &[u8], from: &mut usize) -> Result<Option<usize>, Rejection> {
     let window = &buf[..buf.len().min(MAX_HEAD)];
-    let mut line_start = 0;
-    for (newline, _) in window.iter().enumerate().filter(|&(_, &b)| b == b'\n') {
+    let mut line_start = *from;
+    for newline in (line_start..window.len()).filter(|&i| window[i] == b'\n') {
         let line = &window[line_start..newline];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line_start == 0 && line.len() > MAX_REQUEST_LINE {
+            return Err(reject(414, "request line too long"));
+        }
         // The head ends at the first empty line.
-        if line.is_empty() || line == b"\r" {
+        if line.is_empty() {
             if line_start == 0 {
                 return Err(reject(400, "empty request line"));
             }
             return Ok(Some(newline + 1));
         }
         line_start = newline + 1;
+    }
+    *from = line_start;
+    // The request line is still incomplete; a CR at its end may yet be part of its end.
+    let partial = buf.strip_suffix(b"\r").unwrap_or(buf);
+    if line_start == 0 && partial.len() > MAX_REQUEST_LINE {
+        return Err(reject(414, "request line too long"));
     }
     if buf.len() >= MAX_HEAD {
         return Err(reject(431, "request head too large"));

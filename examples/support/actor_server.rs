@@ -71,8 +71,11 @@ fn finish(
     Ok(stopped?)
 }
 
-/// Listens on `addr` and starts the actor on a thread named `name`, its mailbox fed with
+/// Listens on `addr` and starts the actor on a thread named `name`, its `mailbox` fed with
 /// every connection; returns once the port is bound.
+///
+/// The mailbox's window (`Mailbox::with_window`) bounds how long one client can make the
+/// others wait: their input queues behind at most about that many bytes of its input.
 ///
 /// # Errors
 ///
@@ -81,9 +84,9 @@ pub fn start(
     addr: &str,
     iotask: &IoTask,
     name: &str,
-    actor: fn(Mailbox<Message>),
+    mailbox: Mailbox<Message>,
+    actor: impl FnOnce(Mailbox<Message>) + Send + 'static,
 ) -> io::Result<Server> {
-    let mailbox = Mailbox::new();
     let to_actor = mailbox.sender();
     let options = ListenOptions::new().backlog(1024);
     // Connections accepted before the actor runs wait in its mailbox. Should the thread not

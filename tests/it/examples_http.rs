@@ -503,3 +503,92 @@ fn wrk_runs_without_errors() {
     assert!(rate > 0.0, "{text}");
     server.stop().unwrap();
 }
+
+#[test]
+fn a_request_line_over_8_kib_gets_414_and_a_body_over_8_mib_413() {
+    let (server, _iotask) = start();
+    let addr = server.local_addr();
+    let mut long = b"GET /".to_vec();
+    long.extend(std::iter::repeat_n(b'a', 9 * 1024));
+    // Whether the end of the line has arrived or not.
+    expect_rejection(addr, &long, 414);
+    long.extend_from_slice(b" HTTP/1.1\r\nHost: test\r\n\r\n");
+    expect_rejection(addr, &long, 414);
+    // A line just under the limit is fine (and not found).
+    let mut c = Client::connect(addr);
+    let path = format!("/{}", "a".repeat(8 * 1024 - 20));
+    assert_eq!(c.get(&path).status, 404);
+    let huge_body = b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 8388609\r\n\r\n";
+    expect_rejection(addr, huge_body, 413);
+    server.stop().unwrap();
+}
+
+#[test]
+fn slowloris_connections_delay_nobody_and_are_closed_at_the_header_deadline() {
+    const SLOW: usize = 200;
+    let timeout = Duration::from_secs(2);
+    let iotask = iotask::IoTask::spawn().expect("an I/O task");
+    let config = http::Config {
+        header_timeout: timeout,
+    };
+    let server = http::start_with("127.0.0.1:0", &iotask, config).expect("the server starts");
+    let addr = server.local_addr();
+
+    // Each slow client sends its head one byte per second; it would take a minute.
+    let opened = std::time::Instant::now();
+    let mut slow: Vec<TcpStream> = (0..SLOW).map(|_| examples_support::client(addr)).collect();
+    let head =
+        b"GET /hello HTTP/1.1\r\nHost: test\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let (stop_tx, stop) = std::sync::mpsc::channel::<()>();
+    let trickler = std::thread::spawn(move || {
+        for byte in head {
+            for stream in &mut slow {
+                // The server closes them after the deadline; later writes may fail.
+                let _ = stream.write_all(std::slice::from_ref(byte));
+            }
+            if stop.recv_timeout(Duration::from_secs(1)).is_ok() {
+                break;
+            }
+        }
+        slow
+    });
+
+    // Meanwhile another client is served at once, request after request, for a second.
+    let mut c = Client::connect(addr);
+    let mut worst = Duration::ZERO;
+    for _ in 0..50 {
+        let sent = std::time::Instant::now();
+        assert_eq!(c.get("/hello").body, b"hello\n");
+        worst = worst.max(sent.elapsed());
+        // Pacing, not synchronisation: the requests spread over the slow clients' bytes.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("{SLOW} slowloris connections open: the slowest of 50 requests took {worst:?}");
+    assert!(
+        worst < Duration::from_millis(200),
+        "a request took {worst:?}"
+    );
+
+    // Past the deadline, every slow connection gets 408 and a close; none before it.
+    let _ = stop_tx.send(());
+    let slow = examples_support::join_within(trickler, examples_support::TIMEOUT);
+    let mut last_close = Duration::ZERO;
+    for stream in slow {
+        let mut reader = BufReader::new(stream);
+        let mut status = String::new();
+        reader
+            .read_line(&mut status)
+            .expect("a response before the close");
+        let closed_after = opened.elapsed();
+        assert!(status.starts_with("HTTP/1.1 408 "), "{status:?}");
+        assert!(closed_after >= timeout, "closed after {closed_after:?}");
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).expect("a close");
+        last_close = last_close.max(opened.elapsed());
+    }
+    eprintln!("the last of them was closed {last_close:?} after they opened");
+    assert!(last_close < timeout * 3, "closed only after {last_close:?}");
+    // The server is as available as ever.
+    assert_eq!(Client::connect(addr).get("/hello").status, 200);
+    server.stop().unwrap();
+}

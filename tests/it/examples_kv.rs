@@ -601,3 +601,246 @@ fn redis_benchmark_completes_without_errors() {
     eprintln!("redis-benchmark without pipelining:\n{one_by_one}");
     server.stop().unwrap();
 }
+
+// ---- Large commands and limits ----------------------------------------------------------------
+
+/// The stream of one command with `1 + keys` arguments, `EXISTS k k k …`, in pieces of
+/// `piece` bytes, produced as they are sent so the test does not hold it twice.
+fn exists_command_pieces(keys: usize, piece: usize) -> impl Iterator<Item = Vec<u8>> {
+    let mut header = format!("*{}\r\n$6\r\nEXISTS\r\n", keys + 1).into_bytes();
+    let mut left = keys;
+    std::iter::from_fn(move || {
+        let mut out = std::mem::take(&mut header);
+        while out.len() < piece && left > 0 {
+            out.extend_from_slice(b"$1\r\nk\r\n");
+            left -= 1;
+        }
+        (!out.is_empty()).then_some(out)
+    })
+}
+
+#[test]
+fn a_million_argument_command_does_not_stall_other_clients() {
+    const KEYS: usize = 1024 * 1024 - 1;
+    let (server, _iotask) = start();
+    let addr = server.local_addr();
+    let mut pinger = Client::connect(addr);
+
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let streamer = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        let started = Instant::now();
+        // Small writes, each sent at once (TCP_NODELAY), as a slow or careful client would.
+        for piece in exists_command_pieces(KEYS, 4096) {
+            c.send(&piece);
+        }
+        // The store is empty, so running the command is quick (with a million hits it
+        // takes a while of its own, as in Redis): what is measured is the parsing. The ECHO
+        // after it is answered only if the parser counted the arguments right.
+        c.send(&encode(&[b"ECHO", b"after"]));
+        let replies = [c.read(), c.read()];
+        let _ = done_tx.send(());
+        (replies, started.elapsed())
+    });
+
+    // Round trips of another client until the command has been answered.
+    let mut worst = Duration::ZERO;
+    let mut pings = 0;
+    let deadline = Instant::now() + examples_support::TIMEOUT;
+    while done.try_recv().is_err() {
+        assert!(Instant::now() < deadline, "the command took too long");
+        let sent = Instant::now();
+        assert_eq!(pinger.cmd("PING"), Reply::Simple("PONG".to_owned()));
+        worst = worst.max(sent.elapsed());
+        pings += 1;
+    }
+    let (replies, took) = examples_support::join_within(streamer, examples_support::TIMEOUT);
+    eprintln!(
+        "{} arguments: reply after {took:?}; {pings} PINGs meanwhile, the slowest {worst:?}",
+        KEYS + 1
+    );
+    assert_eq!(replies, [Reply::Int(0), bulk(b"after")]);
+    assert!(
+        pings >= 1,
+        "only {pings} PINGs ran while the command streamed"
+    );
+    // Parsed from the start again at every chunk, this took seconds (RELIABILITY.md).
+    assert!(
+        worst < Duration::from_millis(200),
+        "a PING took {worst:?} while another client streamed a large command"
+    );
+    assert_eq!(pinger.cmd("PING"), Reply::Simple("PONG".to_owned()));
+    server.stop().unwrap();
+}
+
+#[test]
+fn each_limit_gets_redis_error_and_closes_only_that_client() {
+    let iotask = iotask::IoTask::spawn().expect("an I/O task");
+    let limits = kv::resp::Limits {
+        max_bulk_len: 1000,
+        max_query: 10_000,
+        ..kv::resp::Limits::default()
+    };
+    let server = kv::start_with("127.0.0.1:0", &iotask, limits).expect("the server starts");
+    let mut bystander = Client::connect(server.local_addr());
+    assert_eq!(bystander.cmd("SET safe yes"), ok());
+
+    let digits = vec![b'1'; 64 * 1024 + 1];
+    let too_many_args = format!("*{}\r\n", 1024 * 1024 + 1).into_bytes();
+    // Eleven arguments of 1000 bytes: each within the bulk limit, 11,000 together.
+    let mut over_query = b"*12\r\n$3\r\nDEL\r\n".to_vec();
+    for _ in 0..11 {
+        over_query.extend_from_slice(b"$1000\r\n");
+        over_query.extend(std::iter::repeat_n(b'x', 1000));
+        over_query.extend_from_slice(b"\r\n");
+    }
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"*1\r\n$1001\r\n".to_vec(), "invalid bulk length"),
+        (too_many_args, "invalid multibulk length"),
+        (
+            [b"*".as_slice(), &digits].concat(),
+            "too big mbulk count string",
+        ),
+        (
+            [b"*1\r\n$".as_slice(), &digits].concat(),
+            "too big bulk count string",
+        ),
+        (vec![b'a'; 64 * 1024 + 1], "too big inline request"),
+        (over_query, "client reached max query buffer length"),
+    ];
+    for (frame, message) in &cases {
+        let mut c = Client::connect(server.local_addr());
+        let mut bytes = b"PING\r\n".to_vec();
+        bytes.extend_from_slice(frame);
+        c.send(&bytes);
+        assert_eq!(c.read(), Reply::Simple("PONG".to_owned()));
+        let expected = format!("ERR Protocol error: {message}");
+        assert_eq!(c.read(), Reply::Error(expected));
+        c.expect_closed();
+        assert_eq!(bystander.cmd("PING"), Reply::Simple("PONG".to_owned()));
+    }
+    // Right at the limits is fine: a bulk string of 1000 bytes, 9,999 bytes of arguments.
+    let mut c = Client::connect(server.local_addr());
+    let big = vec![b'v'; 1000];
+    assert_eq!(c.call(&[b"SET", b"big", &big]), ok());
+    let mut args: Vec<&[u8]> = vec![b"DEL"];
+    args.extend(std::iter::repeat_n(big.as_slice(), 9));
+    args.push(&big[..996]);
+    assert_eq!(c.call(&args), Reply::Int(0));
+    assert_eq!(bystander.cmd("GET safe"), bulk(b"yes"));
+    server.stop().unwrap();
+}
+
+/// A small deterministic generator (xorshift64*), so that a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A stream of `count` commands, as multibulk arrays with binary arguments, inline lines and
+/// blank lines, and the commands a parser should find in it.
+fn random_stream(rng: &mut Rng, count: usize) -> (Vec<u8>, Vec<Vec<Vec<u8>>>) {
+    let mut stream = Vec::new();
+    let mut commands = Vec::new();
+    for _ in 0..count {
+        match rng.below(10) {
+            0 => {
+                stream.extend_from_slice(if rng.below(2) == 0 { b"\r\n" } else { b"\n" });
+                commands.push(Vec::new());
+            }
+            1 | 2 => {
+                let words: Vec<Vec<u8>> = (0..1 + rng.below(4))
+                    .map(|_| {
+                        let len = 1 + rng.below(8);
+                        (0..len).map(|_| b'a' + rng.below(26) as u8).collect()
+                    })
+                    .collect();
+                stream.extend(words.join(&b' '));
+                stream.extend_from_slice(b"\r\n");
+                commands.push(words);
+            }
+            _ => {
+                let args: Vec<Vec<u8>> = (0..rng.below(6))
+                    .map(|_| {
+                        // Mostly short, sometimes longer than a read, any byte.
+                        let len = match rng.below(20) {
+                            0 => rng.below(200_000),
+                            _ => rng.below(40),
+                        };
+                        (0..len).map(|_| rng.next() as u8).collect()
+                    })
+                    .collect();
+                let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                stream.extend(encode(&refs));
+                commands.push(args);
+            }
+        }
+    }
+    (stream, commands)
+}
+
+/// Parses `stream` fed in pieces of the given sizes (the last piece takes the rest).
+fn parse_in_pieces(
+    stream: &[u8],
+    sizes: &mut dyn FnMut() -> usize,
+) -> (Vec<Vec<Vec<u8>>>, Option<kv::resp::ProtocolError>) {
+    let mut parser = kv::resp::Parser::new(kv::resp::Limits::default());
+    let mut commands = Vec::new();
+    let mut rest = stream;
+    while !rest.is_empty() {
+        let (mut piece, after) = rest.split_at(sizes().clamp(1, rest.len()));
+        rest = after;
+        loop {
+            match parser.parse(&mut piece) {
+                Ok(Some(command)) => commands.push(command),
+                Ok(None) => break,
+                Err(e) => return (commands, Some(e)),
+            }
+        }
+    }
+    (commands, None)
+}
+
+#[test]
+fn every_chunking_of_a_stream_gives_the_same_commands() {
+    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    for round in 0..40 {
+        let count = 1 + rng.below(30);
+        let (mut stream, expected) = random_stream(&mut rng, count);
+        // Every other round, the stream ends in a protocol error after its commands.
+        let bad: &[&[u8]] = &[
+            b"*1\r\n$x\r\n",
+            b"*2\r\n$1\r\na\r\n:1\r\n",
+            b"*1\r\n$1\r\nab\r\n",
+        ];
+        let error = (round % 2 == 1).then(|| {
+            stream.extend_from_slice(bad[rng.below(bad.len())]);
+        });
+        let whole = kv::resp::parse_all(&stream, kv::resp::Limits::default());
+        assert_eq!(whole.0, expected, "round {round}");
+        assert_eq!(
+            whole.1.is_some(),
+            error.is_some(),
+            "round {round}: {:?}",
+            whole.1
+        );
+
+        let byte_by_byte = parse_in_pieces(&stream, &mut || 1);
+        assert_eq!(byte_by_byte, whole, "round {round}, one byte at a time");
+        for _ in 0..5 {
+            let max = 1 + rng.below(100_000);
+            let split = parse_in_pieces(&stream, &mut || 1 + rng.below(max));
+            assert_eq!(split, whole, "round {round}, pieces of up to {max} bytes");
+        }
+    }
+}
