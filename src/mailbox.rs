@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::io_task::sink::{Delivery, Inbox, StreamKind, Window};
-use crate::stream::Stream;
+use crate::stream::{Family, Stream};
 use crate::tcp::TcpSocket;
 #[cfg(unix)]
 use crate::unix::UnixSocket;
@@ -60,6 +60,39 @@ pub enum Event<M> {
     AcceptedUnix(UnixSocket),
     /// A message sent through a [`MailboxSender`].
     Message(M),
+}
+
+impl<M> Event<M> {
+    /// The socket of an accepted connection of family `F` ([`Accepted`](Event::Accepted) for
+    /// TCP, `AcceptedUnix` for Unix-domain), for an actor written once for every family;
+    /// any other event is given back.
+    ///
+    /// # Errors
+    ///
+    /// The event itself, when it is not a connection of family `F`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use iotask::{Event, stream::{Family, Stream}};
+    ///
+    /// fn on_event<F: Family>(event: Event<()>, sockets: &mut Vec<Stream<F>>) {
+    ///     match event.into_accepted::<F>() {
+    ///         Ok(sock) => sockets.push(sock),
+    ///         Err(Event::Data { .. }) => { /* … */ }
+    ///         Err(_) => {}
+    ///     }
+    /// }
+    /// ```
+    pub fn into_accepted<F: Family>(self) -> Result<Stream<F>, Event<M>> {
+        let unix = <F as crate::stream::sealed::Sealed>::UNIX;
+        match self {
+            Event::Accepted(sock) if !unix => Ok(Stream::from_raw(sock.into_raw())),
+            #[cfg(unix)]
+            Event::AcceptedUnix(sock) if unix => Ok(Stream::from_raw(sock.into_raw())),
+            other => Err(other),
+        }
+    }
 }
 
 /// One queue for an actor: the reads of every socket attached to it, each tagged with its

@@ -142,6 +142,10 @@ impl<F: Family> Stream<F> {
         &self.raw
     }
 
+    pub(crate) fn into_raw(self) -> RawStream {
+        self.raw
+    }
+
     /// The I/O task serving this socket.
     pub(crate) fn task(&self) -> &std::sync::Arc<Shared> {
         self.raw.task()
