@@ -101,4 +101,8 @@ pub(crate) enum Command {
     Close(Key),
     /// Close everything and stop the loop.
     Shutdown,
+    /// Makes the loop panic, to test that a dying loop fails every caller instead of
+    /// leaving them hanging.
+    #[cfg(test)]
+    Panic,
 }

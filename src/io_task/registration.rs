@@ -56,8 +56,10 @@ impl Registration {
         }
         match (self.interest, want.is_empty()) {
             (Some(_), true) => {
-                self.interest = None;
+                // Forget the registration only once the poller did: if `delete` fails, the
+                // descriptor may still be registered, and `Drop` must try again.
                 self.poller.delete(self.socket.as_fd())?;
+                self.interest = None;
             }
             (Some(have), false) if !have.exclusive && !want.exclusive => {
                 self.poller.modify(self.socket.as_fd(), self.key, want)?;
@@ -65,8 +67,8 @@ impl Registration {
             }
             (Some(_), false) => {
                 // epoll refuses `EPOLL_CTL_MOD` on an exclusive registration.
-                self.interest = None;
                 self.poller.delete(self.socket.as_fd())?;
+                self.interest = None;
                 self.set_interest(want)?;
             }
             (None, false) => {
