@@ -1,5 +1,5 @@
-//! TCP networking for message-passing Rust: one I/O thread owns every socket, and your
-//! threads talk to it over channels.
+//! TCP and Unix-domain networking for message-passing Rust: one I/O thread owns every
+//! socket, and your threads talk to it over channels.
 //!
 //! # Bird's eye
 //!
@@ -17,7 +17,11 @@
 //!   resolves when the kernel has them.
 //! - A [`Mailbox`] receives the reads of many sockets, each chunk tagged with its socket,
 //!   plus the actor's own messages: one thread can own thousands of connections.
-//!   [`tcp::listen_into`] feeds one with a listener's connections directly.
+//!   [`tcp::bind`] then [`into_mailbox`](server::Listener::into_mailbox) feeds one with a
+//!   listener's connections directly.
+//! - [`unix`] has the same for Unix-domain sockets: every socket type is a
+//!   [`Stream`](stream::Stream) of its family, and every server a
+//!   [`Listener`](server::Listener) (see [`stream`] and [`server`]).
 //!
 //! # Thread model
 //!
