@@ -16,6 +16,7 @@ pub(crate) mod stream;
 #[allow(unsafe_code)]
 pub(crate) mod sys;
 pub(crate) mod timers;
+pub(crate) mod writes;
 
 use std::fmt;
 use std::io;

@@ -262,7 +262,7 @@ impl<F: Family> Stream<F> {
     /// ```
     pub fn write_future(&self, data: impl Into<Vec<u8>>) -> WriteFuture {
         match self.raw.write(data.into()) {
-            Ok(rx) => WriteFuture::waiting(rx),
+            Ok(seq) => WriteFuture::queued(self.raw.writes().clone(), seq),
             Err(e) => WriteFuture::ready(Err(e)),
         }
     }

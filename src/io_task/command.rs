@@ -7,7 +7,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use socket2::{SockAddr, Socket};
@@ -17,6 +16,7 @@ use crate::io_task::entry::Key;
 use crate::io_task::handle::RawStream;
 use crate::io_task::listener::{AcceptTarget, ListenerState};
 use crate::io_task::sink::{Chunk, Sink, Window};
+use crate::io_task::writes::WriteState;
 use crate::oneshot;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
@@ -48,7 +48,7 @@ pub(crate) enum Command {
     /// Serve a connected, non-blocking socket.
     AddStream {
         socket: Arc<Socket>,
-        queued: Arc<AtomicUsize>,
+        writes: Arc<WriteState>,
         reply: Reply<Key>,
     },
     /// Connect to each address in turn, without blocking; reply with the first stream
@@ -89,12 +89,8 @@ pub(crate) enum Command {
     Detach { key: Key, reply: Reply<()> },
     /// Put bytes back in front of everything not yet delivered.
     Unread { key: Key, data: Vec<u8> },
-    /// Queue bytes for writing; `done` resolves when the kernel has them all.
-    Write {
-        key: Key,
-        data: Vec<u8>,
-        done: oneshot::Sender<Result<(), Error>>,
-    },
+    /// Queue bytes for writing; the stream's `WriteState` tells when the kernel has them.
+    Write { key: Key, data: Vec<u8> },
     /// The reader drained its window: read the stream again.
     Resume(Key),
     /// The user dropped the stream: flush what is queued, then close.

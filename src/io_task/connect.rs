@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use socket2::{SockAddr, Socket, Type};
@@ -16,6 +15,7 @@ use crate::io_task::event_loop::EventLoop;
 use crate::io_task::handle::RawStream;
 use crate::io_task::registration::{Interest, Registration};
 use crate::io_task::timers::{Timer, deadline_after};
+use crate::io_task::writes::WriteState;
 
 /// How long a Unix-domain connect waits before trying again when the listener's backlog
 /// is full (the kernel answers `EAGAIN` at once instead of waiting).
@@ -171,9 +171,9 @@ impl EventLoop {
             // A failure leaves the family's option unset; the socket still works.
             let _ = setup(&socket);
         }
-        let queued = Arc::new(AtomicUsize::new(0));
-        let key = self.insert_stream(socket.clone(), None, queued.clone(), None);
-        let stream = RawStream::new(key, self.shared.clone(), socket, queued);
+        let writes = Arc::new(WriteState::new());
+        let key = self.insert_stream(socket.clone(), None, writes.clone(), None);
+        let stream = RawStream::new(key, self.shared.clone(), socket, writes);
         // If the caller gave up, dropping the stream closes it.
         let _ = job.reply.send(Ok(stream));
     }

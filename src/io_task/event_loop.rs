@@ -198,10 +198,10 @@ impl EventLoop {
             Command::RecheckListener(key) => self.recheck_listener(key),
             Command::AddStream {
                 socket,
-                queued,
+                writes,
                 reply,
             } => {
-                let key = self.insert_stream(socket, None, queued, None);
+                let key = self.insert_stream(socket, None, writes, None);
                 let _ = reply.send(Ok(key));
             }
             Command::Connect {
@@ -274,7 +274,7 @@ impl EventLoop {
                     self.take_back(key, Ok(data), true);
                 }
             }
-            Command::Write { key, data, done } => self.queue_write(key, data, done),
+            Command::Write { key, data } => self.queue_write(key, data),
             Command::Resume(key) => {
                 if let Some(s) = self.stream(key) {
                     s.paused = false;
@@ -440,7 +440,6 @@ mod tests {
     use crate::io_task::IoTask;
     use crate::oneshot;
     use socket2::Socket;
-    use std::sync::atomic::AtomicUsize;
 
     #[test]
     fn a_loop_that_panics_fails_every_caller_and_marks_the_task_stopped() {
@@ -477,8 +476,8 @@ mod tests {
         let config = IoTask::builder().config;
         let mut event_loop = EventLoop::new(Shared::detached(), config);
         let socket = Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let key = event_loop.insert_stream(Arc::new(socket), None, queued, None);
+        let writes = Arc::new(crate::io_task::writes::WriteState::new());
+        let key = event_loop.insert_stream(Arc::new(socket), None, writes, None);
         let far = Instant::now() + Duration::from_secs(3600);
         for i in 0..10_000 {
             let (reply, rx) = oneshot::channel();

@@ -4,7 +4,7 @@
 
 use std::net::Shutdown;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use socket2::{SockAddr, Socket};
@@ -14,7 +14,7 @@ use crate::io_task::Shared;
 use crate::io_task::command::{Command, SetupFn};
 use crate::io_task::entry::Key;
 use crate::io_task::sink::{Chunk, Inbox, Sink, Window};
-use crate::io_task::stream::QUEUED_CLOSED;
+use crate::io_task::writes::{QUEUED_CLOSED, WriteState};
 use crate::oneshot;
 
 /// A stream served by an I/O task, as a user thread holds it. Dropping it asks the loop to
@@ -24,9 +24,8 @@ pub(crate) struct RawStream {
     key: Key,
     task: Arc<Shared>,
     socket: Arc<Socket>,
-    /// Bytes handed to `write` and not yet in the kernel; the user side adds, the loop
-    /// subtracts, and the loop sets `QUEUED_CLOSED` once the stream left its slab.
-    queued: Arc<AtomicUsize>,
+    /// Numbers writes, counts queued bytes, and tells waiters when writes complete.
+    writes: Arc<WriteState>,
 }
 
 /// The receiving half of a port: what `read_start` gives the public `ReadPort`.
@@ -40,14 +39,18 @@ impl RawStream {
         key: Key,
         task: Arc<Shared>,
         socket: Arc<Socket>,
-        queued: Arc<AtomicUsize>,
+        writes: Arc<WriteState>,
     ) -> RawStream {
         RawStream {
             key,
             task,
             socket,
-            queued,
+            writes,
         }
+    }
+
+    pub(crate) fn writes(&self) -> &Arc<WriteState> {
+        &self.writes
     }
 
     pub(crate) fn key(&self) -> Key {
@@ -107,30 +110,24 @@ impl RawStream {
         Ok(rx)
     }
 
-    /// Queues `data` after every earlier write.
-    pub(crate) fn write(
-        &self,
-        data: Vec<u8>,
-    ) -> Result<oneshot::Receiver<Result<(), Error>>, Error> {
+    /// Queues `data` after every earlier write; returns the write's number, with which
+    /// `WriteState` tells when it completed.
+    pub(crate) fn write(&self, data: Vec<u8>) -> Result<u64, Error> {
         let len = data.len();
-        let (done, rx) = oneshot::channel();
-        self.queued.fetch_add(len, Ordering::SeqCst);
-        match self.task.send(Command::Write {
-            key: self.key,
-            data,
-            done,
-        }) {
-            Ok(()) => Ok(rx),
-            Err(e) => {
-                self.queued.fetch_sub(len, Ordering::SeqCst);
-                Err(e)
-            }
+        self.writes.queued.fetch_add(len, Ordering::SeqCst);
+        let key = self.key;
+        let queued = self
+            .writes
+            .queue(|| self.task.send(Command::Write { key, data }));
+        if queued.is_err() {
+            self.writes.queued.fetch_sub(len, Ordering::SeqCst);
         }
+        queued
     }
 
     /// Bytes queued and not yet in the kernel; zero once the stream is closed.
     pub(crate) fn queued_bytes(&self) -> usize {
-        let queued = self.queued.load(Ordering::SeqCst);
+        let queued = self.writes.queued.load(Ordering::SeqCst);
         if queued & QUEUED_CLOSED != 0 {
             0
         } else {
@@ -172,9 +169,11 @@ impl RawStream {
 
     /// Shuts down the sending side after every write queued before this call.
     pub(crate) fn shutdown_write(&self) -> Result<(), Error> {
-        // An empty write resolves in order, after the queue drained.
-        let rx = self.write(Vec::new())?;
-        rx.recv().unwrap_or_else(|_| Err(Error::shutdown()))?;
+        // An empty write completes in order, after the queue drained.
+        let seq = self.write(Vec::new())?;
+        self.writes
+            .wait(seq, None)
+            .unwrap_or_else(|| Err(Error::shutdown()))?;
         self.socket.shutdown(Shutdown::Write).map_err(Error::from)
     }
 
@@ -234,11 +233,11 @@ pub(crate) fn connect(
 /// Serves an already connected, non-blocking socket.
 pub(crate) fn adopt(task: &Arc<Shared>, socket: Socket) -> Result<RawStream, Error> {
     let socket = Arc::new(socket);
-    let queued = Arc::new(AtomicUsize::new(0));
+    let writes = Arc::new(WriteState::new());
     let key = request(task, |reply| Command::AddStream {
         socket: socket.clone(),
-        queued: queued.clone(),
+        writes: writes.clone(),
         reply,
     })?;
-    Ok(RawStream::new(key, task.clone(), socket, queued))
+    Ok(RawStream::new(key, task.clone(), socket, writes))
 }

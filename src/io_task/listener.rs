@@ -19,6 +19,7 @@ use crate::io_task::registration::{Interest, Registration};
 use crate::io_task::sink::{Delivery, Inbox, Sink, StreamKind, Window};
 use crate::io_task::sys::{self, accept_nonblocking};
 use crate::io_task::timers::Timer;
+use crate::io_task::writes::WriteState;
 use crate::oneshot;
 
 /// How long accepting pauses after the process ran out of descriptors.
@@ -276,12 +277,12 @@ impl ListenerState {
     /// Called by an I/O task after it closed one of the listening sockets.
     fn socket_closed(&self) {
         let mut open = lock(&self.open_sockets);
-        *open = open.saturating_sub(1);
-        let last = *open == 0;
-        drop(open);
-        if last {
+        if *open <= 1 {
+            // Before the count reaches zero: a waiter that sees it closed finds the file gone.
             self.unlink_now();
         }
+        *open = open.saturating_sub(1);
+        drop(open);
         self.notify();
     }
 
@@ -517,14 +518,14 @@ impl EventLoop {
                     }
                     let guard = ConnectionGuard::new(state.clone());
                     let socket = Arc::new(socket);
-                    let queued = Arc::new(AtomicUsize::new(0));
+                    let writes = Arc::new(WriteState::new());
                     let stream_key = self.insert_stream(
                         socket.clone(),
                         Some(guard),
-                        queued.clone(),
+                        writes.clone(),
                         state.config.write_window,
                     );
-                    let stream = RawStream::new(stream_key, self.shared.clone(), socket, queued);
+                    let stream = RawStream::new(stream_key, self.shared.clone(), socket, writes);
                     self.hand_over(key, stream);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use socket2::Socket;
 
@@ -16,16 +16,12 @@ use crate::io_task::registration::{Interest, Registration};
 use crate::io_task::sink::{Chunk, Delivery, Sink};
 use crate::io_task::sys::{self, recv_spare};
 use crate::io_task::timers::{Timer, deadline_after};
-use crate::oneshot;
+use crate::io_task::writes::{QUEUED_CLOSED, WriteState};
 
 /// Reads of a full buffer per stream per cycle before other streams get a turn.
 const READS_PER_CYCLE: usize = 4;
 /// Queued writes gathered into one `sendmsg`.
 const MAX_IOVECS: usize = 64;
-
-/// Set in a stream's queued-bytes gauge once its entry left the slab: the count is then
-/// meaningless and reported as zero.
-pub(crate) const QUEUED_CLOSED: usize = 1 << (usize::BITS - 1);
 
 /// A connected stream and everything queued on it.
 ///
@@ -64,9 +60,10 @@ pub(crate) struct StreamEntry {
     pub(crate) dirty: bool,
     /// The listener that accepted the stream, which counts it while it is in the slab.
     pub(crate) owner: Option<ConnectionGuard>,
-    /// Bytes accepted by `write` and not yet in the kernel, shared with the `RawStream`
-    /// (which adds, while the loop subtracts).
-    pub(crate) queued: Arc<AtomicUsize>,
+    /// Shared with the `RawStream`: the queued-bytes gauge (the user side adds, the loop
+    /// subtracts), and the count of completed writes that resolves `WriteFuture`s. Every
+    /// write in `writes` completes or fails through it exactly once, in order.
+    pub(crate) write_state: Arc<WriteState>,
     /// The loop's own count of the bytes in `writes`.
     pub(crate) queued_here: usize,
     /// Above this many queued bytes the stream is not read (see `write_blocked`).
@@ -75,13 +72,12 @@ pub(crate) struct StreamEntry {
     pub(crate) write_blocked: bool,
 }
 
-/// A write in the queue, with the sender that resolves its future.
+/// A write in the queue.
 #[derive(Debug)]
 pub(crate) struct PendingWrite {
     pub(crate) data: Vec<u8>,
     /// Bytes of `data` already written.
     pub(crate) written: usize,
-    pub(crate) done: Option<oneshot::Sender<Result<(), Error>>>,
 }
 
 impl EventLoop {
@@ -89,7 +85,7 @@ impl EventLoop {
         &mut self,
         socket: Arc<Socket>,
         owner: Option<ConnectionGuard>,
-        queued: Arc<AtomicUsize>,
+        write_state: Arc<WriteState>,
         write_window: Option<usize>,
     ) -> Key {
         let vacant = self.entries.vacant_entry();
@@ -102,7 +98,7 @@ impl EventLoop {
             key.id,
             reg,
             owner,
-            queued,
+            write_state,
             write_window,
         )));
         key
@@ -391,38 +387,27 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn queue_write(
-        &mut self,
-        key: Key,
-        data: Vec<u8>,
-        done: oneshot::Sender<Result<(), Error>>,
-    ) {
+    pub(super) fn queue_write(&mut self, key: Key, data: Vec<u8>) {
         let len = data.len();
         let Some(s) = self.stream(key) else {
-            if let Some(s) = self.any_stream(key) {
-                s.queued.fetch_sub(len, Ordering::SeqCst);
-            }
-            let _ = done.send(Err(Error::closed()));
+            // The stream is gone: its `WriteState` recorded the failure that this write,
+            // numbered after it, reports.
             return;
         };
-        if let Some(e) = &s.write_error {
-            s.queued.fetch_sub(len, Ordering::SeqCst);
-            let _ = done.send(Err(e.clone()));
+        if s.write_error.is_some() {
+            // Failed earlier: the failure recorded then covers this write too.
+            s.write_state.queued.fetch_sub(len, Ordering::SeqCst);
             return;
         }
         if data.is_empty() && s.writes.is_empty() {
-            let _ = done.send(Ok(()));
+            s.write_state.complete_one();
             return;
         }
-        s.writes.push_back(PendingWrite {
-            data,
-            written: 0,
-            done: Some(done),
-        });
+        s.writes.push_back(PendingWrite { data, written: 0 });
         s.queued_here += len;
         if !s.write_blocked && s.write_window.is_some_and(|w| s.queued_here > w) {
             // A peer that sends without reading must not make us queue without bound:
-            // stop reading it (TCP flow control then slows it) until half has drained.
+            // stop reading it (flow control then slows it) until half has drained.
             s.write_blocked = true;
             if s.reg.interest().write {
                 self.update_interest(key);
@@ -492,15 +477,14 @@ impl EventLoop {
 
     pub(super) fn fail_writes(&mut self, key: Key, error: Error) {
         if let Some(s) = self.any_stream(key) {
-            s.write_error = Some(error.clone());
-            s.queued.fetch_sub(s.queued_here, Ordering::SeqCst);
+            s.write_state
+                .queued
+                .fetch_sub(s.queued_here, Ordering::SeqCst);
             s.queued_here = 0;
             s.write_blocked = false;
-            for w in s.writes.drain(..) {
-                if let Some(done) = w.done {
-                    let _ = done.send(Err(error.clone()));
-                }
-            }
+            s.writes.clear();
+            s.write_state.fail(error.clone());
+            s.write_error = Some(error);
         }
     }
 
@@ -592,13 +576,13 @@ impl EventLoop {
         let Some(s) = self.any_stream(key) else {
             return;
         };
-        // Before anyone hears of the close: from here on, writers see the stream closed.
-        s.queued.store(QUEUED_CLOSED, Ordering::SeqCst);
+        // Before anyone hears of the close: from here on, writers see the stream closed,
+        // and every write not yet completed fails with `error`.
+        s.write_state.queued.store(QUEUED_CLOSED, Ordering::SeqCst);
         s.queued_here = 0;
+        s.writes.clear();
+        s.write_state.fail(error.clone());
         let _ = s.reg.socket().shutdown(std::net::Shutdown::Both);
-        if !s.writes.is_empty() {
-            self.fail_writes(key, error.clone());
-        }
         if matches!(self.any_stream(key), Some(s) if !matches!(s.sink, Sink::None)) {
             self.deliver(key, Err(error.clone()));
         }
@@ -610,7 +594,7 @@ impl StreamEntry {
         id: u64,
         reg: Registration,
         owner: Option<ConnectionGuard>,
-        queued: Arc<AtomicUsize>,
+        write_state: Arc<WriteState>,
         write_window: Option<usize>,
     ) -> StreamEntry {
         StreamEntry {
@@ -626,7 +610,7 @@ impl StreamEntry {
             lingering: false,
             dirty: false,
             owner,
-            queued,
+            write_state,
             queued_here: 0,
             write_window,
             write_blocked: false,
@@ -650,7 +634,7 @@ impl StreamEntry {
     /// Accounts for `n` bytes the kernel took, resolving the writes they complete.
     fn wrote(&mut self, mut n: usize) {
         self.queued_here -= n;
-        self.queued.fetch_sub(n, Ordering::SeqCst);
+        self.write_state.queued.fetch_sub(n, Ordering::SeqCst);
         if self.write_blocked && self.write_window.is_none_or(|w| self.queued_here <= w / 2) {
             self.write_blocked = false;
         }
@@ -669,9 +653,21 @@ impl StreamEntry {
             if front.written < front.data.len() {
                 break;
             }
-            if let Some(done) = self.writes.pop_front().and_then(|w| w.done) {
-                let _ = done.send(Ok(()));
-            }
+            self.writes.pop_front();
+            self.write_state.complete_one();
+        }
+    }
+}
+
+impl Drop for StreamEntry {
+    fn drop(&mut self) {
+        // However the entry goes (even without `retire_stream`, should the loop die), no
+        // writer waits on it forever. A failure recorded earlier is kept.
+        self.write_state
+            .queued
+            .store(QUEUED_CLOSED, Ordering::SeqCst);
+        if !self.write_state.has_failed() {
+            self.write_state.fail(Error::shutdown());
         }
     }
 }

@@ -7,9 +7,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use crate::error::{ConnectError, Error};
 use crate::io_task::handle::RawStream;
+use crate::io_task::writes::WriteState;
 use crate::oneshot;
 use crate::stream::{Family, Stream};
 
@@ -22,7 +24,13 @@ use crate::stream::{Family, Stream};
 /// not reported.
 #[must_use = "the write happens anyway; call `get` or `.await` to learn whether it succeeded"]
 pub struct WriteFuture {
-    state: State<()>,
+    state: WriteWait,
+}
+
+/// A write's number in its stream's `WriteState`, or an outcome known at once.
+enum WriteWait {
+    Queued(Arc<WriteState>, u64),
+    Ready(Option<Result<(), Error>>),
 }
 
 /// The result of a [`read_future`](super::Stream::read_future): one chunk of bytes, or
@@ -78,15 +86,15 @@ impl<T> State<T> {
 }
 
 impl WriteFuture {
-    pub(crate) fn waiting(rx: oneshot::Receiver<Result<(), Error>>) -> WriteFuture {
+    pub(crate) fn queued(writes: Arc<WriteState>, seq: u64) -> WriteFuture {
         WriteFuture {
-            state: State::Waiting(rx),
+            state: WriteWait::Queued(writes, seq),
         }
     }
 
     pub(crate) fn ready(result: Result<(), Error>) -> WriteFuture {
         WriteFuture {
-            state: State::Ready(Some(result)),
+            state: WriteWait::Ready(Some(result)),
         }
     }
 
@@ -97,7 +105,18 @@ impl WriteFuture {
     /// The socket's write error (`"EPIPE"`, `"ECONNRESET"`, …), `"CLOSED"` when the socket
     /// was closed before the bytes went out, `"SHUTDOWN"` when the I/O task stopped.
     pub fn get(self) -> Result<(), Error> {
-        self.state.get()
+        self.wait(None).unwrap_or_else(|| Err(Error::shutdown()))
+    }
+
+    /// Blocks until the write completed, at most until `deadline`; `None` when it passed
+    /// first (the write stays queued).
+    fn wait(&self, deadline: Option<std::time::Instant>) -> Option<Result<(), Error>> {
+        match &self.state {
+            WriteWait::Queued(writes, seq) => writes.wait(*seq, deadline),
+            WriteWait::Ready(result) => {
+                Some(result.clone().unwrap_or_else(|| Err(Error::shutdown())))
+            }
+        }
     }
 }
 
@@ -177,7 +196,14 @@ impl Future for WriteFuture {
     type Output = Result<(), Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.get_mut().state.poll(cx)
+        match &mut self.get_mut().state {
+            WriteWait::Queued(writes, seq) => writes.poll(*seq, cx),
+            // Polling again after completion reports the I/O task as gone rather than
+            // panicking.
+            WriteWait::Ready(result) => {
+                Poll::Ready(result.take().unwrap_or_else(|| Err(Error::shutdown())))
+            }
+        }
     }
 }
 
