@@ -60,6 +60,10 @@ enum Attempt {
 impl EventLoop {
     /// Tries the job's addresses in turn until one connects or waits in progress.
     pub(super) fn connect_next(&mut self, mut job: ConnectJob) {
+        if job.reply.is_canceled() {
+            // Whoever asked gave up (dropped the future): connect nowhere.
+            return;
+        }
         while let Some(addr) = job.addrs.pop_front() {
             let socket = match new_stream_socket(&addr) {
                 Ok(socket) => socket,
@@ -119,6 +123,10 @@ impl EventLoop {
             return;
         };
         match c.reg.socket().take_error() {
+            // An event meant for a previous owner of this slot (see `EventLoop::dispatch`)
+            // can arrive while the connect is still in progress: only a socket with a peer
+            // is connected.
+            Ok(None) if not_yet_connected(c.reg.socket()) => {}
             Ok(None) => {
                 let Some(Entry::Connecting(c)) = self.take(key) else {
                     return;
@@ -177,6 +185,11 @@ impl EventLoop {
         // If the caller gave up, dropping the stream closes it.
         let _ = job.reply.send(Ok(stream));
     }
+}
+
+/// Whether a socket whose connect reported no error has no peer yet (still in progress).
+fn not_yet_connected(socket: &Socket) -> bool {
+    matches!(socket.peer_addr(), Err(e) if e.kind() == io::ErrorKind::NotConnected)
 }
 
 /// A non-blocking, close-on-exec stream socket for `addr`'s family.

@@ -666,9 +666,7 @@ impl Drop for StreamEntry {
         self.write_state
             .queued
             .store(QUEUED_CLOSED, Ordering::SeqCst);
-        if !self.write_state.has_failed() {
-            self.write_state.fail(Error::shutdown());
-        }
+        self.write_state.fail(Error::shutdown());
     }
 }
 

@@ -92,11 +92,6 @@ impl WriteState {
         }
     }
 
-    /// Whether writes fail now (the stream is closed or broken).
-    pub(crate) fn has_failed(&self) -> bool {
-        self.lock().failed.is_some()
-    }
-
     fn wake(&self) {
         let mut inner = self.lock();
         let done = self.done.load(Ordering::SeqCst);
