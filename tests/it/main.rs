@@ -31,5 +31,6 @@ mod examples_echo;
 mod examples_http;
 mod examples_kv;
 mod listen_into;
+mod reliability_faults;
 mod server_control;
 mod write_window;
