@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use iotask::IoTask;
-use iotask::tcp::{self, TcpError, TcpSocket};
+use iotask::tcp::{self, ListenOptions, TcpError, TcpSocket};
 
 /// How long any read in this example may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,13 +32,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
 pub async fn run() -> Result<(), Box<dyn Error>> {
     let iotask = IoTask::spawn()?;
     let (bound_tx, bound) = tokio::sync::oneshot::channel();
-    let server = std::thread::spawn({
-        let iotask = iotask.clone();
-        move || {
-            echo_actor::serve("127.0.0.1:0", &iotask, |kill| {
-                let _ = bound_tx.send(kill);
-            })
-        }
+    let listener = tcp::bind("127.0.0.1:0", &ListenOptions::new(), &iotask)?;
+    let server = std::thread::spawn(move || {
+        echo_actor::serve(listener, |kill| {
+            let _ = bound_tx.send(kill);
+        })
     });
     let kill = tokio::time::timeout(Duration::from_secs(5), bound).await??;
     let addr = kill.local_addr();

@@ -24,7 +24,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use iotask::tcp::{self, TcpSocket};
+use iotask::tcp::{self, ListenOptions, TcpSocket};
 use iotask::{Event, IoTask, Mailbox};
 
 /// Bytes in each message.
@@ -125,9 +125,10 @@ pub fn run(config: &Config) -> Result<Report, Box<dyn Error>> {
 /// Runs the actor echo server on a free loopback port, on its own I/O task, while `f` runs.
 fn with_echo_server<T>(f: impl FnOnce(SocketAddr) -> T) -> Result<T, Box<dyn Error>> {
     let iotask = IoTask::spawn()?;
+    let listener = tcp::bind("127.0.0.1:0", &ListenOptions::new(), &iotask)?;
     let (bound_tx, bound) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || {
-        echo_actor::serve("127.0.0.1:0", &iotask, move |kill| {
+        echo_actor::serve(listener, move |kill| {
             let _ = bound_tx.send(kill);
         })
     });

@@ -3,23 +3,34 @@
 //! ```sh
 //! cargo run --example echo_actor -- 127.0.0.1:7000
 //! socat - TCP:127.0.0.1:7000
+//!
+//! cargo run --example echo_actor -- unix:/tmp/echo.sock
+//! socat - UNIX-CONNECT:/tmp/echo.sock
 //! ```
 //!
 //! The I/O task accepts each connection and hands it straight to the actor's [`Mailbox`]
-//! (`tcp::listen_into`): the actor receives the socket, already attached, followed by its
-//! reads. So the reads of all clients arrive on one queue, tagged with their socket, and
-//! one thread serves them all, with no listener thread in between.
+//! (`Listener::into_mailbox`): the actor receives the socket, already attached, followed by
+//! its reads. So the reads of all clients arrive on one queue, tagged with their socket, and
+//! one thread serves them all, with no listener thread in between. The actor is written
+//! once for every socket family (`F: Family`), so the same code serves TCP and Unix-domain
+//! clients.
 //!
-//! The first argument is the address to listen on (default `127.0.0.1:7000`; give
-//! `127.0.0.1:0` for any free port). The server prints the address it bound and serves
-//! until killed.
+//! The first argument is the address to listen on: `HOST:PORT` (default `127.0.0.1:7000`;
+//! give `127.0.0.1:0` for any free port) or `unix:PATH` for a Unix-domain socket. The
+//! server prints the address it bound and serves until killed.
+
+#[path = "support/listen_addr.rs"]
+mod listen_addr;
 
 use std::collections::HashMap;
 use std::error::Error;
 use std::io::Write;
 
-use iotask::tcp::{self, KillChan, ListenError, ListenOptions};
-use iotask::{Event, IoTask, Mailbox};
+use iotask::server::{KillChan, ListenOptions, Listener};
+use iotask::stream::Family;
+use iotask::{Event, IoTask, ListenError, Mailbox};
+
+use listen_addr::{Bound, ListenAddr};
 
 /// What [`serve`] tells the actor.
 #[derive(Debug)]
@@ -28,22 +39,22 @@ pub enum Command {
     Stop,
 }
 
-/// Serves echo on `addr` until the listener is killed or `iotask` shuts down.
+/// Serves echo on `listener`, of either family, until it is killed or its I/O task shuts
+/// down.
 ///
-/// `on_bound` runs once the port is bound; its [`KillChan`] tells the bound address and
-/// stops the server. When the server stops, every connection is closed.
-pub fn serve(
-    addr: &str,
-    iotask: &IoTask,
-    on_bound: impl FnOnce(KillChan),
+/// `on_bound` runs once connections are accepted; its [`KillChan`] tells the bound address
+/// and stops the server. When the server stops, every connection is closed.
+pub fn serve<F: Family>(
+    listener: Listener<F>,
+    on_bound: impl FnOnce(KillChan<F>),
 ) -> Result<(), ListenError> {
     let mailbox = Mailbox::new();
     let actor_mail = mailbox.sender();
-    let server = tcp::listen_into(addr, &ListenOptions::new().backlog(128), iotask, &mailbox)?;
+    let server = listener.into_mailbox(&mailbox)?;
     on_bound(server.kill_chan().clone());
     // Started only now, so that a panic in `on_bound` leaves no thread behind; connections
     // accepted meanwhile wait in the mailbox.
-    let actor = std::thread::spawn(move || echo_actor(mailbox));
+    let actor = std::thread::spawn(move || echo_actor::<F>(mailbox));
 
     let result = server.wait();
 
@@ -52,15 +63,16 @@ pub fn serve(
     result
 }
 
-/// Echoes every chunk any of its sockets reads, until told to stop.
-pub fn echo_actor(mut mailbox: Mailbox<Command>) {
+/// Echoes every chunk any of its sockets of family `F` reads, until told to stop.
+pub fn echo_actor<F: Family>(mut mailbox: Mailbox<Command>) {
     let mut sockets = HashMap::new();
     loop {
-        match mailbox.recv() {
-            Event::Accepted(sock) => {
+        // `into_accepted` takes a new connection of this actor's family out of the event.
+        match mailbox.recv().into_accepted::<F>() {
+            Ok(sock) => {
                 sockets.insert(sock.id(), sock);
             }
-            Event::Data { socket, data } => {
+            Err(Event::Data { socket, data }) => {
                 if let Some(sock) = sockets.get(&socket) {
                     // The write is queued in order with the socket's other writes; the
                     // actor does not wait for it, so one slow client delays nobody. A client
@@ -69,26 +81,29 @@ pub fn echo_actor(mut mailbox: Mailbox<Command>) {
                     drop(sock.write_future(data));
                 }
             }
-            Event::Closed { socket, .. } => {
+            Err(Event::Closed { socket, .. }) => {
                 // The client closed (or reset) the connection. Dropping the socket
                 // flushes the echoes still queued, then closes it.
                 sockets.remove(&socket);
             }
-            Event::Message(Command::Stop) => return,
-            _ => {}
+            Err(Event::Message(Command::Stop)) => return,
+            Err(_) => {}
         }
     }
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:7000".to_owned());
+    let arg = std::env::args().nth(1);
+    let addr: ListenAddr = arg.as_deref().unwrap_or("127.0.0.1:7000").parse()?;
     let iotask = IoTask::spawn()?;
-    serve(&addr, &iotask, |kill| {
-        println!("listening on {}", kill.local_addr());
-        let _ = std::io::stdout().flush();
-    })
-    .map_err(|e| format!("cannot serve on {addr}: {e}"))?;
+    let listener = addr
+        .bind(&ListenOptions::new(), &iotask)
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    println!("listening on {listener}");
+    std::io::stdout().flush()?;
+    match listener {
+        Bound::Tcp(listener) => serve(listener, |_kill| {})?,
+        Bound::Unix(listener) => serve(listener, |_kill| {})?,
+    }
     Ok(())
 }

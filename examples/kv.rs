@@ -5,19 +5,25 @@
 //! redis-cli -p 6380 SET greeting hello
 //! redis-cli -p 6380 GET greeting
 //! redis-benchmark -p 6380 -t ping,set,get -n 100000 -c 50 -P 16 -q
+//!
+//! cargo run --release --example kv -- unix:/tmp/kv.sock
+//! redis-cli -s /tmp/kv.sock SET greeting hello
+//! redis-benchmark -s /tmp/kv.sock -t ping,set,get -n 100000 -c 50 -P 16 -q
 //! ```
 //!
-//! The first argument is the address to listen on (default `127.0.0.1:6380`; give
-//! `127.0.0.1:0` for any free port). The server prints the address it bound
-//! (`listening on 127.0.0.1:6380`) and serves until killed.
+//! The first argument is the address to listen on: `HOST:PORT` (default `127.0.0.1:6380`;
+//! give `127.0.0.1:0` for any free port) or `unix:PATH` for a Unix-domain socket. The
+//! server prints the address it bound (`listening on 127.0.0.1:6380`,
+//! `listening on unix:/tmp/kv.sock`) and serves until killed.
 //!
 //! # Design
 //!
 //! The I/O task accepts each connection and hands it straight to the store actor's
-//! [`Mailbox`] (`tcp::listen_into`), already attached, so the reads of every client arrive
-//! on that one queue, tagged with their socket. The actor owns the data and every client
-//! socket. Nothing is shared, so nothing is locked, and commands run one at a time, in
-//! arrival order, as in Redis.
+//! [`Mailbox`] (`Listener::into_mailbox`), already attached, so the reads of every client
+//! arrive on that one queue, tagged with their socket. The actor owns the data and every
+//! client socket. Nothing is shared, so nothing is locked, and commands run one at a time,
+//! in arrival order, as in Redis. It is written once for every socket family
+//! (`F: Family`), so TCP and Unix-domain clients run the same code.
 //!
 //! Each connection has a [`resp::Parser`] that keeps its place between chunks: it takes
 //! each chunk a client sends once, moving the arguments it completes out of the input, and
@@ -45,6 +51,8 @@
 
 #[path = "support/actor_server.rs"]
 mod actor_server;
+#[path = "support/listen_addr.rs"]
+mod listen_addr;
 #[path = "kv/resp.rs"]
 pub mod resp;
 #[path = "kv/store.rs"]
@@ -55,10 +63,13 @@ use std::error::Error;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-use iotask::tcp::TcpSocket;
-use iotask::{Event, IoTask, Mailbox, SocketId};
+use iotask::server::Listener;
+use iotask::stream::{Family, Stream};
+use iotask::{Event, Mailbox, SocketId};
 
-pub use actor_server::{Message, Server};
+pub use actor_server::{Message, Server, listen_options};
+
+use listen_addr::{Bound, ListenAddr};
 
 use resp::{Limits, Parser};
 use store::{After, Store};
@@ -74,7 +85,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
 fn main() -> Result<(), Box<dyn Error>> {
     let mut args = std::env::args().skip(1);
-    let mut addr = "127.0.0.1:6380".to_owned();
+    let mut addr: ListenAddr = "127.0.0.1:6380".parse()?;
     let mut limits = Limits::default();
     while let Some(arg) = args.next() {
         let mut value = || -> Result<usize, Box<dyn Error>> {
@@ -85,23 +96,29 @@ fn main() -> Result<(), Box<dyn Error>> {
             "--proto-max-bulk-len" => limits.max_bulk_len = value()?,
             "--client-query-buffer-limit" => limits.max_query = value()?,
             _ if arg.starts_with("--") => return Err(format!("unknown option {arg}").into()),
-            _ => addr = arg,
+            _ => addr = arg.parse()?,
         }
     }
-    let server = start_with(&addr, &iotask::global(), limits)?;
-    println!("listening on {}", server.local_addr());
+    let listener = addr
+        .bind(&listen_options(), &iotask::global())
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    println!("listening on {listener}");
     io::stdout().flush()?;
-    server.wait()?;
+    match listener {
+        Bound::Tcp(listener) => start_with(listener, limits)?.wait()?,
+        Bound::Unix(listener) => start_with(listener, limits)?.wait()?,
+    }
     Ok(())
 }
 
-/// Starts a key-value server on `addr`, served by `iotask`; returns once the port is bound.
+/// Starts a key-value server on `listener` (bound with [`listen_options`], of either
+/// family).
 ///
 /// # Errors
 ///
-/// The bind or listen error (`AddrInUse`, …), or a failure to spawn a thread.
-pub fn start(addr: &str, iotask: &IoTask) -> io::Result<Server> {
-    start_with(addr, iotask, Limits::default())
+/// `SHUTDOWN` when the listener's I/O task stopped, or a failure to spawn a thread.
+pub fn start<F: Family>(listener: Listener<F>) -> io::Result<Server<F>> {
+    start_with(listener, Limits::default())
 }
 
 /// [`start`] with the limits every client's commands must keep.
@@ -109,29 +126,31 @@ pub fn start(addr: &str, iotask: &IoTask) -> io::Result<Server> {
 /// # Errors
 ///
 /// As [`start`].
-pub fn start_with(addr: &str, iotask: &IoTask, limits: Limits) -> io::Result<Server> {
+pub fn start_with<F: Family>(listener: Listener<F>, limits: Limits) -> io::Result<Server<F>> {
     let mailbox = Mailbox::with_window(MAILBOX_WINDOW);
-    actor_server::start(addr, iotask, "kv-store", mailbox, move |mailbox| {
-        store_actor(mailbox, limits)
+    actor_server::start(listener, "kv-store", mailbox, move |mailbox| {
+        store_actor::<F>(mailbox, limits)
     })
 }
 
 /// One client: its socket and where its parser stands in the command in progress.
-struct Connection {
-    sock: TcpSocket,
+struct Connection<F: Family> {
+    sock: Stream<F>,
     parser: Parser,
 }
 
-/// The store actor: owns the data and every client, until told to stop.
-fn store_actor(mut mailbox: Mailbox<Message>, limits: Limits) {
+/// The store actor: owns the data and every client of family `F`, until told to stop.
+fn store_actor<F: Family>(mut mailbox: Mailbox<Message>, limits: Limits) {
     let mut store = Store::new();
-    let mut clients: HashMap<SocketId, Connection> = HashMap::new();
+    let mut clients: HashMap<SocketId, Connection<F>> = HashMap::new();
     let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
     loop {
         let until_sweep = next_sweep.saturating_duration_since(Instant::now());
-        match mailbox.recv_timeout(until_sweep) {
-            Some(Event::Accepted(sock)) => welcome(&mut clients, sock, limits),
-            Some(Event::Data { socket, data }) => {
+        // `into_accepted` takes a new connection of the actor's family out of the event.
+        let event = mailbox.recv_timeout(until_sweep);
+        match event.map(Event::into_accepted::<F>) {
+            Some(Ok(sock)) => welcome(&mut clients, sock, limits),
+            Some(Err(Event::Data { socket, data })) => {
                 if let Some(client) = clients.get_mut(&socket) {
                     if client.serve(data, &mut store) == After::Close {
                         // Dropping the socket writes the last replies, then closes it.
@@ -139,11 +158,11 @@ fn store_actor(mut mailbox: Mailbox<Message>, limits: Limits) {
                     }
                 }
             }
-            Some(Event::Closed { socket, .. }) => {
+            Some(Err(Event::Closed { socket, .. })) => {
                 clients.remove(&socket);
             }
-            Some(Event::Message(Message::Stop)) => return,
-            Some(_) | None => {}
+            Some(Err(Event::Message(Message::Stop))) => return,
+            Some(Err(_)) | None => {}
         }
         let now = Instant::now();
         if now >= next_sweep {
@@ -155,12 +174,16 @@ fn store_actor(mut mailbox: Mailbox<Message>, limits: Limits) {
 }
 
 /// Starts serving a new client, whose reads already come to the actor's mailbox.
-fn welcome(clients: &mut HashMap<SocketId, Connection>, sock: TcpSocket, limits: Limits) {
+fn welcome<F: Family>(
+    clients: &mut HashMap<SocketId, Connection<F>>,
+    sock: Stream<F>,
+    limits: Limits,
+) {
     let parser = Parser::new(limits);
     clients.insert(sock.id(), Connection { sock, parser });
 }
 
-impl Connection {
+impl<F: Family> Connection<F> {
     /// Runs every command `data` completes and writes their replies in one go. Returns
     /// `After::Close` after `QUIT` or a protocol error.
     fn serve(&mut self, data: Vec<u8>, store: &mut Store) -> After {

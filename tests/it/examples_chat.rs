@@ -6,13 +6,14 @@ mod chat;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::examples_support::{ChildGuard, Server, TIMEOUT, client, have_tool};
+use iotask::unix::Unix;
+
+use crate::examples_support::{Server, Socat, SocketDir, client, have_tool, unix_client};
 
 fn start_chat() -> Server {
-    Server::start(|iotask, on_bound| chat::serve("127.0.0.1:0", iotask, on_bound))
+    Server::start(chat::serve)
 }
 
 /// A chat client that reads whole lines, each within the test timeout.
@@ -146,16 +147,7 @@ fn socat_can_chat() {
     }
     let server = start_chat();
     let mut b = Member::join(server.addr);
-    let mut socat = ChildGuard(
-        Command::new("socat")
-            .arg("-")
-            .arg(format!("TCP:{}", server.addr))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start socat"),
-    );
+    let mut socat = Socat::connect(&format!("TCP:{}", server.addr));
 
     let joined = b.next_line();
     let name = joined
@@ -165,35 +157,15 @@ fn socat_can_chat() {
         .to_owned();
     assert!(name.starts_with("127.0.0.1:"), "{name}");
 
-    // socat's output, line by line, through a channel so that waiting for it can time out.
-    let stdout = socat.0.stdout.take().expect("piped stdout");
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-
-    let mut stdin = socat.0.stdin.take().expect("piped stdin");
-    stdin
-        .write_all(b"hello from socat\n")
-        .expect("write to socat");
-    stdin.flush().expect("flush");
+    socat.say("hello from socat");
     b.expect_line(&format!("{name}: hello from socat\n"));
 
     b.say("hello socat\n");
-    let line = lines.recv_timeout(TIMEOUT).expect("a line from socat");
-    assert_eq!(
-        line.expect("socat output"),
-        format!("{}: hello socat", b.name)
-    );
+    assert_eq!(socat.next_line(), format!("{}: hello socat", b.name));
 
     // Closing socat's input makes it close the connection and exit.
-    drop(stdin);
+    socat.close();
     b.expect_line(&format!("* {name} left\n"));
-    assert!(socat.wait_within(TIMEOUT).success());
 }
 
 #[test]
@@ -244,4 +216,86 @@ fn a_member_that_never_reads_is_dropped_instead_of_queued_for() {
         received < lines * line.len() / 2,
         "the slow member got {received} bytes"
     );
+}
+
+// ---- Over Unix-domain sockets ----------------------------------------------------------------
+
+/// The name in a join announcement, `* NAME joined`.
+fn joined_name(line: &str) -> String {
+    line.strip_prefix("* ")
+        .and_then(|rest| rest.strip_suffix(" joined"))
+        .unwrap_or_else(|| panic!("a join announcement, got {line:?}"))
+        .to_owned()
+}
+
+#[test]
+fn two_socat_members_chat_over_a_unix_socket() {
+    if !have_tool("socat", "socat") {
+        return;
+    }
+    let dir = SocketDir::new("chat-socat");
+    let path = dir.path("chat.sock");
+    let server = Server::start_unix(&path, chat::serve::<Unix>);
+    let address = format!("UNIX-CONNECT:{}", path.display());
+
+    let mut a = Socat::connect(&address);
+    // Once the listener accepted `a`, `b` joins after it (the room takes connections in
+    // the order they were accepted), so `a` hears of `b`.
+    server.wait_for_connections(1);
+    let mut b = Socat::connect(&address);
+    let b_name = joined_name(&a.next_line());
+    // A Unix-domain peer is named by its socket and its process.
+    assert!(
+        b_name.starts_with("socket#") && b_name.ends_with(&format!(" (pid {})", b.pid())),
+        "{b_name}"
+    );
+
+    b.say("hello from b");
+    assert_eq!(a.next_line(), format!("{b_name}: hello from b"));
+    a.say("hello from a");
+    let line = b.next_line();
+    let (a_name, text) = line.split_once(": ").expect("name: text");
+    assert_eq!(text, "hello from a");
+    assert!(a_name.ends_with(&format!(" (pid {})", a.pid())), "{a_name}");
+    assert_ne!(a_name, b_name);
+
+    b.close();
+    assert_eq!(a.next_line(), format!("* {b_name} left"));
+    a.close();
+    server.stop().expect("serve returns Ok when killed");
+    assert!(!path.exists(), "the socket file outlived the server");
+}
+
+#[test]
+fn members_of_one_process_get_names_of_their_own_over_a_unix_socket() {
+    let dir = SocketDir::new("chat-unix");
+    let path = dir.path("chat.sock");
+    let server = Server::start_unix(&path, chat::serve::<Unix>);
+
+    let a = unix_client(&path);
+    let mut a_lines = BufReader::new(a.try_clone().expect("clone"));
+    let mut b = unix_client(&path);
+    let mut b_lines = BufReader::new(b.try_clone().expect("clone"));
+    let mut line = String::new();
+    a_lines.read_line(&mut line).expect("a line in time");
+    let b_name = joined_name(line.trim_end());
+    let pid = format!(" (pid {})", std::process::id());
+    assert!(b_name.ends_with(&pid), "{b_name}");
+
+    b.write_all(b"hi\n").expect("write");
+    line.clear();
+    a_lines.read_line(&mut line).expect("a line in time");
+    assert_eq!(line, format!("{b_name}: hi\n"));
+
+    drop(a);
+    drop(a_lines);
+    line.clear();
+    b_lines.read_line(&mut line).expect("a line in time");
+    let left = line
+        .strip_prefix("* ")
+        .and_then(|rest| rest.strip_suffix(" left\n"))
+        .unwrap_or_else(|| panic!("a leave announcement, got {line:?}"));
+    assert!(left.ends_with(&pid), "{left}");
+    assert_ne!(left, b_name, "two members of one process share a name");
+    server.stop().expect("serve returns Ok when killed");
 }

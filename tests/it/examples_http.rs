@@ -9,6 +9,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use iotask::ListenError;
+
 use crate::examples_support;
 
 /// A response, as a client reads it.
@@ -131,10 +133,16 @@ fn post(path: &str, body: &[u8]) -> Vec<u8> {
     request
 }
 
+/// Binds `addr` as the example's `main` does.
+fn bind(addr: &str, iotask: &iotask::IoTask) -> Result<iotask::tcp::Listener, ListenError> {
+    iotask::tcp::bind(addr, &http::listen_options(), iotask)
+}
+
 /// Starts a server on a port of its own, with an I/O task of its own.
 fn start() -> (http::Server, iotask::IoTask) {
     let iotask = iotask::IoTask::spawn().expect("an I/O task");
-    let server = http::start("127.0.0.1:0", &iotask).expect("the server starts");
+    let listener = bind("127.0.0.1:0", &iotask).expect("the port binds");
+    let server = http::start(listener).expect("the server starts");
     (server, iotask)
 }
 
@@ -419,8 +427,8 @@ fn stopping_closes_every_connection() {
 fn a_port_in_use_is_reported() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let iotask = iotask::IoTask::spawn().unwrap();
-    let err = http::start(&taken.local_addr().unwrap().to_string(), &iotask).unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    let err = bind(&taken.local_addr().unwrap().to_string(), &iotask).unwrap_err();
+    assert_eq!(err, ListenError::AddressInUse);
 }
 
 // ---- Real clients ---------------------------------------------------------------------------
@@ -470,6 +478,53 @@ fn curl_gets_posts_and_reuses_the_connection() {
     let output = curl(&["-i", &format!("{base}/missing")]);
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("HTTP/1.1 404 Not Found\r\n"));
     server.stop().unwrap();
+}
+
+#[test]
+fn curl_gets_and_posts_over_a_unix_socket() {
+    if !examples_support::have_tool("curl", "curl") {
+        return;
+    }
+    let dir = examples_support::SocketDir::new("http-curl");
+    let path = dir.path("http.sock");
+    let iotask = iotask::IoTask::spawn().expect("an I/O task");
+    let listener = examples_support::bind_unix(&path, &http::listen_options(), &iotask)
+        .expect("the path binds");
+    let server = http::start(listener).expect("the server starts");
+    let socket = path.display().to_string();
+    // The host in the URL only fills the `Host` field; the socket is where curl connects.
+    let base = "http://localhost";
+
+    let output = curl(&["--unix-socket", &socket, &format!("{base}/hello")]);
+    assert_eq!(output.stdout, b"hello\n");
+
+    let body = binary_body(100_000);
+    let body_path = dir.path("body.bin");
+    std::fs::write(&body_path, &body).unwrap();
+    let data = format!("@{}", body_path.display());
+    let output = curl(&[
+        "--unix-socket",
+        &socket,
+        "--data-binary",
+        &data,
+        &format!("{base}/echo"),
+    ]);
+    assert!(output.stdout == body, "the echo of the body differs");
+
+    // Two URLs in one invocation: the second request goes over the first connection.
+    let output = curl(&[
+        "-v",
+        "--unix-socket",
+        &socket,
+        &format!("{base}/hello"),
+        &format!("{base}/nope"),
+    ]);
+    assert_eq!(output.stdout, b"hello\nnot found\n");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("Re-using existing connection"), "{log}");
+
+    server.stop().unwrap();
+    assert!(!path.exists(), "the socket file outlived the server");
 }
 
 #[test]
@@ -531,7 +586,8 @@ fn slowloris_connections_delay_nobody_and_are_closed_at_the_header_deadline() {
     let config = http::Config {
         header_timeout: timeout,
     };
-    let server = http::start_with("127.0.0.1:0", &iotask, config).expect("the server starts");
+    let listener = bind("127.0.0.1:0", &iotask).expect("the port binds");
+    let server = http::start_with(listener, config).expect("the server starts");
     let addr = server.local_addr();
 
     // Each slow client sends its head one byte per second; it would take a minute.

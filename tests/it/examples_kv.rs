@@ -6,8 +6,13 @@ mod kv;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use iotask::ListenError;
+use iotask::unix::Unix;
 
 use crate::examples_support;
 
@@ -33,10 +38,11 @@ fn nil() -> Reply {
     Reply::Bulk(None)
 }
 
-/// A blocking RESP client on a std `TcpStream`, every read and write bounded by `TIMEOUT`.
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+/// A blocking RESP client on a std `TcpStream` (or `UnixStream`), every read and write
+/// bounded by `TIMEOUT`.
+struct Client<S = TcpStream> {
+    reader: BufReader<S>,
+    writer: S,
 }
 
 impl Client {
@@ -47,7 +53,19 @@ impl Client {
             writer: stream,
         }
     }
+}
 
+impl Client<UnixStream> {
+    fn connect_unix(path: &Path) -> Client<UnixStream> {
+        let stream = examples_support::unix_client(path);
+        Client {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+}
+
+impl<S: Read + Write> Client<S> {
     fn send(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).expect("write to the server");
     }
@@ -129,10 +147,25 @@ fn is_error(reply: &Reply, starts_with: &str) -> bool {
     matches!(reply, Reply::Error(e) if e.starts_with(starts_with))
 }
 
+/// Binds `addr` as the example's `main` does.
+fn bind(addr: &str, iotask: &iotask::IoTask) -> Result<iotask::tcp::Listener, ListenError> {
+    iotask::tcp::bind(addr, &kv::listen_options(), iotask)
+}
+
 /// Starts a server on a port of its own, with an I/O task of its own.
 fn start() -> (kv::Server, iotask::IoTask) {
     let iotask = iotask::IoTask::spawn().expect("an I/O task");
-    let server = kv::start("127.0.0.1:0", &iotask).expect("the server starts");
+    let listener = bind("127.0.0.1:0", &iotask).expect("the port binds");
+    let server = kv::start(listener).expect("the server starts");
+    (server, iotask)
+}
+
+/// Starts a server on `unix:{path}`, with an I/O task of its own.
+fn start_unix(path: &Path) -> (kv::Server<Unix>, iotask::IoTask) {
+    let iotask = iotask::IoTask::spawn().expect("an I/O task");
+    let listener =
+        examples_support::bind_unix(path, &kv::listen_options(), &iotask).expect("the path binds");
+    let server = kv::start(listener).expect("the server starts");
     (server, iotask)
 }
 
@@ -466,7 +499,7 @@ fn stopping_closes_every_client_and_frees_the_port() {
     c.expect_closed();
     // The port is free again: a new server can take it.
     let iotask = iotask::IoTask::spawn().unwrap();
-    let again = kv::start(&addr.to_string(), &iotask).expect("the port is free");
+    let again = kv::start(bind(&addr.to_string(), &iotask).expect("the port is free")).unwrap();
     assert_eq!(again.local_addr(), addr);
     again.stop().unwrap();
 }
@@ -475,17 +508,21 @@ fn stopping_closes_every_client_and_frees_the_port() {
 fn a_port_in_use_is_reported() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let iotask = iotask::IoTask::spawn().unwrap();
-    let err = kv::start(&taken.local_addr().unwrap().to_string(), &iotask).unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    let err = bind(&taken.local_addr().unwrap().to_string(), &iotask).unwrap_err();
+    assert_eq!(err, ListenError::AddressInUse);
 }
 
 // ---- Real clients ---------------------------------------------------------------------------
 
 fn redis_cli(addr: SocketAddr, args: &[&str], stdin: Stdio) -> Vec<u8> {
+    let host = ["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()].map(String::from);
+    redis_cli_to(&host, args, stdin)
+}
+
+/// Runs redis-cli with `server` (`-h HOST -p PORT` or `-s PATH`) and `args`.
+fn redis_cli_to(server: &[String], args: &[&str], stdin: Stdio) -> Vec<u8> {
     let output = examples_support::run(
-        Command::new("redis-cli")
-            .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
-            .args(args),
+        Command::new("redis-cli").args(server).args(args),
         stdin,
         Duration::from_secs(30),
     );
@@ -546,11 +583,21 @@ fn redis_cli_round_trips_values() {
 
 /// Runs redis-benchmark and checks that every test completed without an error.
 fn benchmark(addr: SocketAddr, extra: &[&str]) -> String {
+    let host = ["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()].map(String::from);
+    let tests = ["-t", "ping,set,get", "-c", "50", "-q"].map(String::from);
+    let args: Vec<String> = host
+        .into_iter()
+        .chain(tests)
+        .chain(extra.iter().map(|s| s.to_string()))
+        .collect();
+    benchmark_with(&args, &["PING_INLINE", "PING_MBULK", "SET", "GET"])
+}
+
+/// Runs redis-benchmark with `args` and checks that each of `tests` completed without an
+/// error; returns their result lines.
+fn benchmark_with(args: &[String], tests: &[&str]) -> String {
     let output = examples_support::run(
-        Command::new("redis-benchmark")
-            .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
-            .args(["-t", "ping,set,get", "-c", "50", "-q"])
-            .args(extra),
+        Command::new("redis-benchmark").args(args),
         Stdio::null(),
         Duration::from_secs(300),
     );
@@ -572,7 +619,7 @@ fn benchmark(addr: SocketAddr, extra: &[&str]) -> String {
         );
     }
     let mut results = String::new();
-    for test in ["PING_INLINE", "PING_MBULK", "SET", "GET"] {
+    for test in tests {
         let line = lines
             .iter()
             .find(|l| l.starts_with(&format!("{test}: ")) && l.contains("requests per second"))
@@ -599,6 +646,54 @@ fn redis_benchmark_completes_without_errors() {
     eprintln!("redis-benchmark -P 16:\n{pipelined}");
     let one_by_one = benchmark(server.local_addr(), &["-n", "20000"]);
     eprintln!("redis-benchmark without pipelining:\n{one_by_one}");
+    server.stop().unwrap();
+}
+
+// ---- Over a Unix-domain socket ---------------------------------------------------------------
+
+#[test]
+fn redis_cli_round_trips_values_over_a_unix_socket() {
+    if !examples_support::have_tool("redis-cli", "redis-tools") {
+        return;
+    }
+    let dir = examples_support::SocketDir::new("kv-redis-cli");
+    let path = dir.path("kv.sock");
+    let (server, _iotask) = start_unix(&path);
+    let socket = ["-s".to_owned(), path.display().to_string()];
+
+    assert_eq!(redis_cli_to(&socket, &["PING"], Stdio::null()), b"PONG\n");
+    assert_eq!(
+        redis_cli_to(&socket, &["SET", "greeting", "hello unix"], Stdio::null()),
+        b"OK\n"
+    );
+    assert_eq!(
+        redis_cli_to(&socket, &["GET", "greeting"], Stdio::null()),
+        b"hello unix\n"
+    );
+    assert_eq!(redis_cli_to(&socket, &["DBSIZE"], Stdio::null()), b"1\n");
+    server.stop().unwrap();
+    assert!(!path.exists(), "the socket file outlived the server");
+}
+
+#[test]
+fn redis_benchmark_is_answered_in_full_over_a_unix_socket() {
+    if !examples_support::have_tool("redis-benchmark", "redis-tools") {
+        return;
+    }
+    let dir = examples_support::SocketDir::new("kv-redis-benchmark");
+    let path = dir.path("kv.sock");
+    let (server, _iotask) = start_unix(&path);
+    let args = ["-s", &path.display().to_string(), "-n", "2000", "-c", "10"]
+        .into_iter()
+        .chain(["-t", "set,get", "-q"])
+        .map(String::from)
+        .collect::<Vec<_>>();
+    let results = benchmark_with(&args, &["SET", "GET"]);
+    eprintln!("redis-benchmark -s:\n{results}");
+
+    // Every SET was answered and stored: the benchmark writes one key, `key:__rand_int__`.
+    let mut c = Client::connect_unix(&path);
+    assert_eq!(c.cmd("EXISTS key:__rand_int__"), Reply::Int(1));
     server.stop().unwrap();
 }
 
@@ -681,7 +776,8 @@ fn each_limit_gets_redis_error_and_closes_only_that_client() {
         max_query: 10_000,
         ..kv::resp::Limits::default()
     };
-    let server = kv::start_with("127.0.0.1:0", &iotask, limits).expect("the server starts");
+    let listener = bind("127.0.0.1:0", &iotask).expect("the port binds");
+    let server = kv::start_with(listener, limits).expect("the server starts");
     let mut bystander = Client::connect(server.local_addr());
     assert_eq!(bystander.cmd("SET safe yes"), ok());
 
