@@ -291,7 +291,7 @@ fn a_pool_listener_stops_as_a_whole_when_one_task_stops() {
         TcpStream::connect(addr).is_err(),
         "the port is free once the listener stopped"
     );
-    let survivors = clients.iter_mut().filter(|c| echo_once(c)).count();
+    let survivors = clients.iter_mut().map(echo_once).filter(|&echoed| echoed).count();
     assert!(
         (1..20).contains(&survivors),
         "the connections on the running task still echo, the others are closed: {survivors}"
