@@ -3,11 +3,14 @@
 
 use std::io::{self, BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::servers::Peer;
+use crate::load::Target;
+use crate::servers::{Peer, Transport};
 
 /// How long a server may take to start listening.
 const START_DEADLINE: Duration = Duration::from_secs(15);
@@ -17,15 +20,27 @@ const START_DEADLINE: Duration = Duration::from_secs(15);
 pub struct ServerChild {
     child: Child,
     /// Where it listens.
-    pub addr: SocketAddr,
+    pub target: Target,
+    /// A folder made for its Unix-domain socket, removed when it is dropped.
+    dir: Option<PathBuf>,
 }
 
 impl ServerChild {
-    /// Starts `peer`'s echo server on a free loopback port, pinned to `cpu` when given, and
-    /// waits for it to print its address.
-    pub fn echo(peer: Peer, cpu: Option<usize>) -> io::Result<ServerChild> {
+    /// Starts `peer`'s echo server, pinned to `cpu` when given, on a free loopback port or
+    /// on a socket in a fresh temporary folder, and waits for it to print its address.
+    pub fn echo(peer: Peer, transport: Transport, cpu: Option<usize>) -> io::Result<ServerChild> {
+        let (addr, dir) = match transport {
+            Transport::Tcp => ("127.0.0.1:0".to_owned(), None),
+            Transport::Unix => {
+                let dir = socket_dir()?;
+                let addr = format!("unix:{}", dir.join("echo.sock").display());
+                (addr, Some(dir))
+            }
+        };
+        // From here on the folder goes with the child (or with this guard, on failure).
+        let guard = DirGuard(dir);
         let mut command = Command::new(std::env::current_exe()?);
-        command.args(["serve", peer.name(), "127.0.0.1:0"]);
+        command.args(["serve", peer.name(), &addr]);
         if let Some(cpu) = cpu {
             command.args(["--cpu", &cpu.to_string()]);
         }
@@ -57,9 +72,9 @@ impl ServerChild {
                 ));
             }
         };
-        let addr = match line.trim().parse() {
-            Ok(addr) => addr,
-            Err(_) => {
+        let target = match parse_target(line.trim()) {
+            Some(target) => target,
+            None => {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(io::Error::other(format!(
@@ -67,7 +82,11 @@ impl ServerChild {
                 )));
             }
         };
-        Ok(ServerChild { child, addr })
+        Ok(ServerChild {
+            child,
+            target,
+            dir: guard.keep(),
+        })
     }
 
     /// Starts `command` with `127.0.0.1:PORT` appended or inserted by `build`, and waits
@@ -86,7 +105,11 @@ impl ServerChild {
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(ServerChild { child, addr });
+                return Ok(ServerChild {
+                    child,
+                    target: Target::Tcp(addr),
+                    dir: None,
+                });
             }
             if let Some(status) = child.try_wait()? {
                 return Err(io::Error::other(format!(
@@ -115,6 +138,44 @@ impl Drop for ServerChild {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        drop(DirGuard(self.dir.take()));
+    }
+}
+
+/// Removes a socket folder when dropped, unless kept.
+struct DirGuard(Option<PathBuf>);
+
+impl DirGuard {
+    fn keep(mut self) -> Option<PathBuf> {
+        self.0.take()
+    }
+}
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A new, empty folder under the temporary directory for one server's socket, readable by
+/// this user only.
+fn socket_dir() -> io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("iotask-bench-{}-{n}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
+/// A server's announced address: `IP:PORT`, or `unix:PATH`.
+fn parse_target(line: &str) -> Option<Target> {
+    match line.strip_prefix("unix:") {
+        Some(path) if !path.is_empty() => Some(Target::Unix(PathBuf::from(path))),
+        Some(_) => None,
+        None => line.parse().ok().map(Target::Tcp),
     }
 }
 

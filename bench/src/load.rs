@@ -1,6 +1,9 @@
 //! The load generator: one thread, non-blocking sockets on an edge-triggered mio poll, a
 //! closed loop (a connection sends its next message only when an earlier one came back).
 //!
+//! Stream loads reach the server over TCP or a Unix-domain socket ([`Target`]); the loop is
+//! generic over the two, so each is driven by the same code, compiled for its own type.
+//!
 //! Every byte sent comes from a fixed pseudo-random pattern at an offset that depends on
 //! the connection and on the byte's position in the stream, and every byte echoed is
 //! compared with what was sent at that position, so a server that loses, duplicates,
@@ -9,10 +12,13 @@
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use mio::event::Source;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
@@ -99,6 +105,28 @@ pub enum Stop {
     Flag(Arc<AtomicBool>),
 }
 
+/// Where a load generator connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// The path of a Unix-domain stream socket.
+    Unix(PathBuf),
+}
+
+impl Target {
+    /// The TCP address, for the loads that only run over TCP (churn, idle connections).
+    pub fn tcp(&self) -> io::Result<SocketAddr> {
+        match self {
+            Target::Tcp(addr) => Ok(*addr),
+            Target::Unix(path) => Err(io::Error::new(
+                ErrorKind::Unsupported,
+                format!("this load runs over TCP, not a Unix-domain socket ({path:?})"),
+            )),
+        }
+    }
+}
+
 /// A closed-loop load of fixed-size messages over a set of connections.
 #[derive(Debug, Clone)]
 pub struct StreamLoad {
@@ -133,8 +161,8 @@ pub struct StreamResult {
     pub load_cpu: Duration,
 }
 
-struct Conn {
-    stream: TcpStream,
+struct Conn<S> {
+    stream: S,
     id: usize,
     /// Stream bytes the closed loop has asked to send so far.
     queued: u64,
@@ -148,7 +176,7 @@ struct Conn {
     issued_at: VecDeque<Instant>,
 }
 
-/// Opens `n` connections to `addr` and echoes `PRIME_LEN` bytes on each, so that every
+/// Opens `n` TCP connections to `addr` and echoes `PRIME_LEN` bytes on each, so that every
 /// connection is accepted and served by the time this returns.
 ///
 /// Connections are opened in batches, so that a server with a short listen backlog is not
@@ -159,21 +187,49 @@ pub fn connect_primed(
     first_id: usize,
     pattern: &Pattern,
 ) -> io::Result<Vec<std::net::TcpStream>> {
+    prime(n, first_id, pattern, |_| {
+        let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(STALL))?;
+        Ok(stream)
+    })
+}
+
+/// As [`connect_primed`], to the Unix-domain socket at `path`.
+pub fn connect_primed_unix(
+    path: &std::path::Path,
+    n: usize,
+    first_id: usize,
+    pattern: &Pattern,
+) -> io::Result<Vec<UnixStream>> {
+    prime(n, first_id, pattern, |_| {
+        let stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(STALL))?;
+        Ok(stream)
+    })
+}
+
+/// Opens `n` connections with `connect` (given the connection's index) in batches of
+/// `CONNECT_BATCH`, writing each its prime and then reading the batch's echoes.
+fn prime<S: Read + Write>(
+    n: usize,
+    first_id: usize,
+    pattern: &Pattern,
+    mut connect: impl FnMut(usize) -> io::Result<S>,
+) -> io::Result<Vec<S>> {
     let mut all = Vec::with_capacity(n);
     while all.len() < n {
         let batch_start = all.len();
         let batch_end = (batch_start + CONNECT_BATCH).min(n);
         for i in batch_start..batch_end {
-            let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+            let mut stream = connect(i)
                 .map_err(|e| io::Error::new(e.kind(), format!("connection {i}: connect: {e}")))?;
-            stream.set_nodelay(true)?;
-            stream.set_read_timeout(Some(STALL))?;
-            (&stream).write_all(pattern.slice(first_id + i, 0, PRIME_LEN))?;
+            stream.write_all(pattern.slice(first_id + i, 0, PRIME_LEN))?;
             all.push(stream);
         }
-        for (i, stream) in all.iter().enumerate().skip(batch_start) {
+        for (i, stream) in all.iter_mut().enumerate().skip(batch_start) {
             let mut echo = [0u8; PRIME_LEN];
-            (&*stream).read_exact(&mut echo).map_err(|e| {
+            stream.read_exact(&mut echo).map_err(|e| {
                 io::Error::new(e.kind(), format!("connection {i}: waiting for echo: {e}"))
             })?;
             pattern.verify(first_id + i, 0, &echo)?;
@@ -182,22 +238,54 @@ pub fn connect_primed(
     Ok(all)
 }
 
-/// Runs a closed-loop stream load against `addr`; `server_pid` is sampled at the edges of
-/// the measured window.
+/// Runs a closed-loop stream load against `target`; `server_pid` is sampled at the edges
+/// of the measured window.
 pub fn run_stream(
-    addr: SocketAddr,
+    target: &Target,
     load: &StreamLoad,
     server_pid: Option<u32>,
 ) -> io::Result<StreamResult> {
     let pattern = Pattern::new();
+    match target {
+        Target::Tcp(addr) => {
+            let streams = connect_primed(*addr, load.conns, 0, &pattern)?;
+            let streams = streams.into_iter().map(|stream| {
+                stream.set_nonblocking(true)?;
+                Ok(TcpStream::from_std(stream))
+            });
+            drive(
+                streams.collect::<io::Result<_>>()?,
+                load,
+                server_pid,
+                &pattern,
+            )
+        }
+        Target::Unix(path) => {
+            let streams = connect_primed_unix(path, load.conns, 0, &pattern)?;
+            let streams = streams.into_iter().map(|stream| {
+                stream.set_nonblocking(true)?;
+                Ok(mio::net::UnixStream::from_std(stream))
+            });
+            drive(
+                streams.collect::<io::Result<_>>()?,
+                load,
+                server_pid,
+                &pattern,
+            )
+        }
+    }
+}
+
+/// The closed loop of [`run_stream`] over connections already primed and non-blocking.
+fn drive<S: Read + Write + Source>(
+    streams: Vec<S>,
+    load: &StreamLoad,
+    server_pid: Option<u32>,
+    pattern: &Pattern,
+) -> io::Result<StreamResult> {
     let mut poll = Poll::new()?;
     let mut conns = Vec::with_capacity(load.conns);
-    for (id, stream) in connect_primed(addr, load.conns, 0, &pattern)?
-        .into_iter()
-        .enumerate()
-    {
-        stream.set_nonblocking(true)?;
-        let mut stream = TcpStream::from_std(stream);
+    for (id, mut stream) in streams.into_iter().enumerate() {
         poll.registry().register(
             &mut stream,
             Token(id),
@@ -242,7 +330,7 @@ pub fn run_stream(
         for _ in 0..load.depth {
             issue(conn, load.msg_size, now);
         }
-        flush(conn, &pattern)?;
+        flush(conn, pattern)?;
     }
 
     loop {
@@ -280,7 +368,7 @@ pub fn run_stream(
             let conn = &mut conns[event.token().0];
             let mut echoed = 0;
             if event.is_readable() {
-                echoed = read_echoes(conn, &mut buf, &pattern)?;
+                echoed = read_echoes(conn, &mut buf, pattern)?;
             }
             if echoed > 0 {
                 last_progress = Instant::now();
@@ -298,7 +386,7 @@ pub fn run_stream(
                 }
             }
             if echoed > 0 || event.is_writable() {
-                flush(conn, &pattern)?;
+                flush(conn, pattern)?;
             }
         }
     }
@@ -311,14 +399,19 @@ pub fn run_stream(
 }
 
 /// Queues one more message on `conn`.
-fn issue(conn: &mut Conn, size: usize, now: Instant) {
+fn issue<S>(conn: &mut Conn<S>, size: usize, now: Instant) {
     conn.queued += size as u64;
     conn.issued_at.push_back(now);
 }
 
 /// Accounts for the messages that came back whole, issuing a new one for each; returns
 /// how many completed.
-fn complete(conn: &mut Conn, size: usize, now: Instant, mut record: impl FnMut(Duration)) -> u64 {
+fn complete<S>(
+    conn: &mut Conn<S>,
+    size: usize,
+    now: Instant,
+    mut record: impl FnMut(Duration),
+) -> u64 {
     let mut n = 0;
     while conn.received >= PRIME_LEN as u64 + (conn.completed + 1) * size as u64 {
         conn.completed += 1;
@@ -332,7 +425,7 @@ fn complete(conn: &mut Conn, size: usize, now: Instant, mut record: impl FnMut(D
 }
 
 /// Reads until `WouldBlock`, checking every byte; returns the bytes read.
-fn read_echoes(conn: &mut Conn, buf: &mut [u8], pattern: &Pattern) -> io::Result<u64> {
+fn read_echoes<S: Read>(conn: &mut Conn<S>, buf: &mut [u8], pattern: &Pattern) -> io::Result<u64> {
     let mut total = 0;
     loop {
         match conn.stream.read(buf) {
@@ -366,7 +459,7 @@ fn read_echoes(conn: &mut Conn, buf: &mut [u8], pattern: &Pattern) -> io::Result
 }
 
 /// Writes queued bytes until done or `WouldBlock`.
-fn flush(conn: &mut Conn, pattern: &Pattern) -> io::Result<()> {
+fn flush<S: Write>(conn: &mut Conn<S>, pattern: &Pattern) -> io::Result<()> {
     while conn.sent < conn.queued {
         let len = (conn.queued - conn.sent).min(PATTERN_LEN as u64) as usize;
         match conn.stream.write(pattern.slice(conn.id, conn.sent, len)) {
@@ -646,11 +739,43 @@ mod tests {
             stop: Stop::After(Duration::from_millis(100)),
             progress: None,
         };
-        let mut r = run_stream(addr, &load, Some(std::process::id())).unwrap();
+        let mut r = run_stream(&Target::Tcp(addr), &load, Some(std::process::id())).unwrap();
         assert!(r.msgs > 10, "{r:?}");
         assert_eq!(r.bytes / 1000, r.msgs, "whole messages only at low load");
         assert!(r.latencies.quantile_us(0.5).is_some());
         assert!(r.server.is_some());
+    }
+
+    #[test]
+    fn stream_load_over_a_unix_socket() {
+        let dir = std::env::temp_dir().join(format!("iotask-bench-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("echo.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(s) = s else { return };
+                std::thread::spawn(move || {
+                    let mut r = s.try_clone().unwrap();
+                    let mut w = s;
+                    let _ = io::copy(&mut r, &mut w);
+                });
+            }
+        });
+        let load = StreamLoad {
+            conns: 3,
+            msg_size: 64,
+            depth: 1,
+            warmup: Duration::ZERO,
+            stop: Stop::After(Duration::from_millis(100)),
+            progress: None,
+        };
+        let r = run_stream(&Target::Unix(path), &load, None);
+        let _ = std::fs::remove_dir_all(&dir);
+        let r = r.unwrap();
+        assert!(r.msgs > 10, "{r:?}");
+        assert_eq!(r.bytes / 64, r.msgs);
     }
 
     #[test]
@@ -695,6 +820,6 @@ mod tests {
             stop: Stop::After(Duration::from_millis(200)),
             progress: None,
         };
-        assert!(run_stream(addr, &load, None).is_err());
+        assert!(run_stream(&Target::Tcp(addr), &load, None).is_err());
     }
 }

@@ -2,7 +2,7 @@
 //! in one run, interleaved; and the kv example against `redis-server`.
 //!
 //! ```text
-//! iotask-bench [--quick] [--scenarios S1,S2] [--peers iotask-actor,tokio-ct]
+//! iotask-bench [--quick] [--scenarios S1,S2,S2U] [--peers iotask-actor,tokio-ct]
 //!              [--layout pinned|unpinned|both] [--rounds N] [--duration SECS]
 //!              [--no-syscalls] [--out-md FILE] [--out-svg FILE]
 //! iotask-bench redis --kv-bin PATH [--quick] [--rounds N] [--requests N] [--out-md FILE]
@@ -36,13 +36,15 @@ usage:
                [--rounds N] [--duration SECS] [--no-syscalls] [--out-md FILE] [--out-svg FILE]
       Runs every scenario against every peer, interleaved, and writes a markdown report
       (stdout unless --out-md) and an SVG chart (default: bench/chart.svg).
+      Scenarios: S1 … S7 over TCP, and S2U (S2 over a Unix-domain socket, served by
+      iotask-actor and tokio-ct only; other peers are skipped there).
       Peers: iotask-ports, iotask-actor, iotask-actor-listen, iotask-actor-spin, iotask-pool,
       iotask-pool-shared, iotask-pool-rr, tokio-ct, tokio-mt, mio, std-threads.
   iotask-bench redis --kv-bin PATH [--quick] [--rounds N] [--requests N] [--out-md FILE]
       Runs redis-benchmark against redis-server and against the RESP server at PATH
       (started as `PATH 127.0.0.1:PORT`), interleaved; prints a markdown table.
   iotask-bench serve PEER ADDR [--cpu N]
-      Runs one echo server (used by the harness itself).";
+      Runs one echo server on ADDR (IP:PORT, or unix:PATH) (used by the harness itself).";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -212,16 +214,39 @@ fn bench(args: &[String]) -> io::Result<()> {
         }
     }
 
+    // Peers without a server for a scenario's transport (S2U: Unix-domain) sit it out.
+    let serving = |scenario: Scenario| -> Vec<Peer> {
+        peers
+            .iter()
+            .copied()
+            .filter(|p| p.serves(scenario.transport()))
+            .collect()
+    };
+    for &scenario in &scenarios {
+        let skipped: Vec<&str> = peers
+            .iter()
+            .filter(|p| !p.serves(scenario.transport()))
+            .map(|p| p.name())
+            .collect();
+        if !skipped.is_empty() {
+            notes.push(format!(
+                "{scenario}: no server of {} for this transport; skipped.",
+                skipped.join(", ")
+            ));
+        }
+    }
+
     let started = Instant::now();
     let mut records = Vec::new();
     let mut syscall_reports = Vec::new();
-    let per_round = peers.len();
-    let total = layouts.len() * scenarios.len() * settings.rounds * per_round;
+    let per_layout: usize = scenarios.iter().map(|&s| serving(s).len()).sum();
+    let total = layouts.len() * settings.rounds * per_layout;
     let mut done = 0;
     for &layout in &layouts {
         for &scenario in &scenarios {
+            let scenario_peers = serving(scenario);
             for round in 0..settings.rounds {
-                let mut order = peers.clone();
+                let mut order = scenario_peers.clone();
                 if round % 2 == 1 {
                     order.reverse();
                 }
@@ -260,7 +285,7 @@ fn bench(args: &[String]) -> io::Result<()> {
                     }
                 }
             }
-            if scenario == Scenario::S2 && syscall_counts {
+            if scenario.counts_syscalls() && syscall_counts {
                 let counted = [
                     Peer::IotaskPorts,
                     Peer::IotaskActor,
@@ -268,22 +293,22 @@ fn bench(args: &[String]) -> io::Result<()> {
                     Peer::Mio,
                     Peer::TokioCt,
                 ];
-                for &peer in peers.iter().filter(|p| counted.contains(p)) {
-                    match scenario::count_syscalls(peer, layout, &settings) {
+                for &peer in scenario_peers.iter().filter(|p| counted.contains(p)) {
+                    let tag = format!("[{} {scenario} syscalls] {peer}", layout.name());
+                    match scenario::count_syscalls(peer, scenario, layout, &settings) {
                         Ok(r) => {
                             eprintln!(
-                                "[{} S2 syscalls] {peer}: {}",
-                                layout.name(),
+                                "{tag}: {}",
                                 r.best()
                                     .map(|(tool, c)| format!("{:.2} per msg ({tool})", c.per_msg))
                                     .unwrap_or_default(),
                             );
-                            syscall_reports.push((peer, layout, r));
+                            syscall_reports.push((peer, scenario, layout, r));
                         }
                         Err(e) => {
-                            eprintln!("[{} S2 syscalls] {peer}: FAILED: {e}", layout.name());
+                            eprintln!("{tag}: FAILED: {e}");
                             notes.push(format!(
-                                "Counting {peer}'s system calls ({}) failed: {e}",
+                                "Counting {peer}'s system calls in {scenario} ({}) failed: {e}",
                                 layout.name()
                             ));
                         }
@@ -310,7 +335,7 @@ fn bench(args: &[String]) -> io::Result<()> {
             eprintln!("iotask-bench: chart written to {}", out_svg.display());
             run.chart_link = Some(chart_link);
         }
-        Ok(false) => eprintln!("iotask-bench: no S1, S2 or S7 figures, so no chart"),
+        Ok(false) => eprintln!("iotask-bench: no S1, S2, S2U or S7 figures, so no chart"),
         Err(e) => eprintln!("iotask-bench: cannot draw {}: {e}", out_svg.display()),
     }
     eprintln!(

@@ -181,8 +181,9 @@ fn start(target: Target, s: &RedisSettings) -> io::Result<ServerChild> {
 
 /// Runs `redis-benchmark` against `server` and returns (test, requests/s) rows.
 fn bench(server: &ServerChild, s: &RedisSettings, pipeline: u32) -> io::Result<Vec<(String, f64)>> {
+    let port = server.target.tcp()?.port();
     let out = Command::new("redis-benchmark")
-        .args(["-h", "127.0.0.1", "-p", &server.addr.port().to_string()])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(["-t", "ping,set,get", "--csv"])
         .args(["-c", &s.clients.to_string()])
         .args(["-n", &requests(s, pipeline).to_string()])

@@ -8,7 +8,7 @@ use std::time::Duration;
 use plotters::prelude::*;
 
 use crate::scenario::{Layout, Metrics, Scenario, Settings, SyscallReport};
-use crate::servers::Peer;
+use crate::servers::{Peer, Transport};
 use crate::stats::median;
 
 /// One measurement of one peer in one round.
@@ -37,8 +37,8 @@ pub struct Run {
     pub layouts: Vec<Layout>,
     /// Every measurement.
     pub records: Vec<Record>,
-    /// S2 system-call counts.
-    pub syscalls: Vec<(Peer, Layout, SyscallReport)>,
+    /// S2 and S2U system-call counts.
+    pub syscalls: Vec<(Peer, Scenario, Layout, SyscallReport)>,
     /// Remarks for the reader (reduced sizes, failed measurements).
     pub notes: Vec<String>,
     /// How long the run took.
@@ -132,7 +132,7 @@ impl Run {
         if let Some(link) = &self.chart_link {
             let _ = writeln!(
                 md,
-                "![S2 and S7 messages/s, S1 median latency, per peer and layout]({link})\n"
+                "![S2, S2U and S7 messages/s, S1 median latency, per peer and layout]({link})\n"
             );
         }
         for note in &self.notes {
@@ -331,7 +331,7 @@ impl Run {
             (
                 "S2 syscalls/msg ≤ 2.5",
                 Box::new(|p, l| {
-                    let v = self.syscalls_of(p, l)?.best()?.1.per_msg;
+                    let v = self.syscalls_of(p, Scenario::S2, l)?.best()?.1.per_msg;
                     Some((v, v <= 2.5))
                 }),
             ),
@@ -368,37 +368,48 @@ impl Run {
         md.push('\n');
     }
 
-    fn syscalls_of(&self, peer: Peer, layout: Layout) -> Option<&SyscallReport> {
+    fn syscalls_of(
+        &self,
+        peer: Peer,
+        scenario: Scenario,
+        layout: Layout,
+    ) -> Option<&SyscallReport> {
         self.syscalls
             .iter()
-            .find(|(p, l, _)| *p == peer && *l == layout)
-            .map(|(_, _, r)| r)
+            .find(|(p, s, l, _)| *p == peer && *s == scenario && *l == layout)
+            .map(|(_, _, _, r)| r)
     }
 
     fn syscall_table(&self, md: &mut String) {
         if self.syscalls.is_empty() {
             return;
         }
+        let mut counted: Vec<Scenario> = self.syscalls.iter().map(|r| r.1).collect();
+        counted.sort();
+        counted.dedup();
+        let counted: Vec<String> = counted.iter().map(Scenario::to_string).collect();
         let _ = writeln!(
             md,
-            "### S2: server system calls and context switches per message\n\n\
-             Counted on a fresh server under S2's load in a window of {:.1} s, separate from the \
+            "### {}: server system calls and context switches per message\n\n\
+             Counted on a fresh server under S2's load (S2U: the same over a Unix-domain \
+             socket) in a window of {:.1} s, separate from the \
              throughput rounds, with `perf stat -I 100 -e raw_syscalls:sys_enter,\
              context-switches,syscalls:sys_enter_<name>… -p PID` (tracepoint counters: the \
              server keeps its pace), or with `strace -c -f -p PID` where perf could not count \
              (strace slows the server, which then batches differently). \"ctx/msg (/proc)\" \
              is the median over the throughput rounds, from `voluntary_ctxt_switches + \
              nonvoluntary_ctxt_switches` summed over the server's threads.\n",
+            counted.join(" and "),
             self.settings.syscall_window.as_secs_f64()
         );
         let _ = writeln!(
             md,
-            "| peer | layout | syscalls/msg | ctx/msg (perf) | ctx/msg (/proc) | calls per msg | tool |\n\
-             |---|---|---:|---:|---:|---|---|"
+            "| peer | scenario | layout | syscalls/msg | ctx/msg (perf) | ctx/msg (/proc) | calls per msg | tool |\n\
+             |---|---|---|---:|---:|---:|---|---|"
         );
-        for (peer, layout, r) in &self.syscalls {
+        for (peer, scenario, layout, r) in &self.syscalls {
             let proc_ctx = self
-                .median(*peer, Scenario::S2, *layout)
+                .median(*peer, *scenario, *layout)
                 .and_then(|m| m.ctx_per_op);
             let best = r.best();
             let top = best
@@ -412,7 +423,7 @@ impl Run {
                 .unwrap_or_default();
             let _ = writeln!(
                 md,
-                "| {peer} | {} | {} | {} | {} | {top} | {} |",
+                "| {peer} | {scenario} | {} | {} | {} | {} | {top} | {} |",
                 layout.name(),
                 opt(best.map(|(_, c)| c.per_msg), 2),
                 opt(best.and_then(|(_, c)| c.ctx_per_msg), 3),
@@ -437,7 +448,7 @@ impl Run {
         let rss: Col = ("RSS MiB", |m| m.rss_mib, 1);
         let load: Col = ("load gen CPU %", |m| m.load_cpu_pct, 0);
         let cols: Vec<Col> = match scenario {
-            Scenario::S1 | Scenario::S2 | Scenario::S7 => {
+            Scenario::S1 | Scenario::S2 | Scenario::S2U | Scenario::S7 => {
                 vec![msgs, p50, p99, p999, cpu, cpu_op, ctx, load, threads, rss]
             }
             Scenario::S3 | Scenario::S4 => vec![mb, msgs, p50, p99, cpu, cpu_op, ctx, load, rss],
@@ -465,6 +476,16 @@ impl Run {
             h.label(),
             scenario.reference()
         );
+        if scenario.transport() == Transport::Unix {
+            let _ = writeln!(
+                md,
+                "The load generator connects with std's `UnixStream` to a socket in a fresh \
+                 temporary folder. iotask-actor listens with `unix::bind(..).into_mailbox(..)` \
+                 (its actor receives `Event::AcceptedUnix`), tokio-ct with \
+                 `tokio::net::UnixListener`; each is otherwise its TCP server. Peers without a \
+                 Unix-domain server are not measured here.\n"
+            );
+        }
         let _ = write!(md, "| peer | layout |");
         for (name, _, _) in &cols {
             let _ = write!(md, " {name} |");
@@ -489,12 +510,16 @@ impl Run {
         md.push('\n');
     }
 
-    /// Draws S2 and S7 messages/s and S1 median latency per peer, one bar per layout.
+    /// Draws S2, S2U and S7 messages/s and S1 median latency per peer, one bar per layout.
     pub fn chart(&self, path: &Path) -> Result<bool, Box<dyn std::error::Error>> {
-        let panels: Vec<(Scenario, String)> = [
+        let panels: Vec<(Scenario, String, Vec<Peer>)> = [
             (
                 Scenario::S2,
                 "S2: 50 connections, 64 B — messages/s (higher is better)",
+            ),
+            (
+                Scenario::S2U,
+                "S2U: S2 over a Unix-domain socket — messages/s (higher is better)",
             ),
             (
                 Scenario::S7,
@@ -510,19 +535,34 @@ impl Run {
         ]
         .into_iter()
         .filter(|(s, _)| self.scenarios.contains(s))
-        .map(|(s, t)| (s, t.to_owned()))
+        .map(|(s, t)| {
+            // A panel shows the peers that serve its transport (S2U: two of them).
+            let peers: Vec<Peer> = (self.peers.iter().copied())
+                .filter(|p| p.serves(s.transport()))
+                .collect();
+            (s, t.to_owned(), peers)
+        })
+        .filter(|(_, _, peers)| !peers.is_empty())
         .collect();
         if panels.is_empty() {
             return Ok(false);
         }
-        let peers = &self.peers;
-        let row_height = 70 + 34 * peers.len() as u32;
-        let root =
-            SVGBackend::new(path, (960, row_height * panels.len() as u32)).into_drawing_area();
+        let height = |peers: &[Peer]| 70 + 34 * peers.len() as u32;
+        let total: u32 = panels.iter().map(|(_, _, peers)| height(peers)).sum();
+        let root = SVGBackend::new(path, (960, total)).into_drawing_area();
         root.fill(&WHITE)?;
-        let areas = root.split_evenly((panels.len(), 1));
+        let breaks: Vec<i32> = panels
+            .iter()
+            .scan(0, |y, (_, _, peers)| {
+                *y += height(peers) as i32;
+                Some(*y)
+            })
+            .take(panels.len() - 1)
+            .collect();
+        let areas = root.split_by_breakpoints([] as [i32; 0], breaks);
         let colors = [RGBColor(31, 119, 180), RGBColor(255, 127, 14)];
-        for (area, (scenario, title)) in areas.iter().zip(&panels) {
+        for (area, (scenario, title, peers)) in areas.iter().zip(&panels) {
+            let peers = peers.as_slice();
             let h = scenario.headline();
             let values: BTreeMap<(usize, usize), f64> = peers
                 .iter()
@@ -739,6 +779,32 @@ mod tests {
         assert!(
             md.contains("| S2 msg/s ≥ 1.0× tokio-ct | 2.00× ✅ |"),
             "{md}"
+        );
+    }
+
+    #[test]
+    fn s2u_has_its_rows_and_its_panel() {
+        let mut run = run_with(vec![
+            rec(Peer::IotaskActor, Scenario::S2U, 300.0, 10.0),
+            rec(Peer::TokioCt, Scenario::S2U, 200.0, 10.0),
+        ]);
+        run.peers.push(Peer::Mio);
+        run.scenarios = vec![Scenario::S2U];
+        let md = run.markdown();
+        assert!(
+            md.contains("| S2U | msg/s | pinned | 300 (1.50×) | 200 (ref) | – |"),
+            "{md}"
+        );
+        assert!(md.contains("### S2U: 50 connections over a Unix-domain socket"));
+        let path =
+            std::env::temp_dir().join(format!("iotask-bench-test-s2u-{}.svg", std::process::id()));
+        assert!(run.chart(&path).unwrap());
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(svg.contains("S2U") && svg.contains("tokio-ct"));
+        assert!(
+            !svg.contains("mio"),
+            "mio serves no Unix-domain socket: not in the panel"
         );
     }
 

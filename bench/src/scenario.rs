@@ -1,4 +1,4 @@
-//! Scenarios S1–S7, the two CPU layouts, and one measurement of one peer.
+//! Scenarios S1–S7 and S2U, the two CPU layouts, and one measurement of one peer.
 
 use std::fmt;
 use std::io;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::child::ServerChild;
 use crate::load::{self, ChurnLoad, Pattern, Stop, StreamLoad};
-use crate::servers::Peer;
+use crate::servers::{Peer, Transport};
 use crate::sys::{self, ProcSample};
 use crate::syscalls::{self, SyscallCount};
 
@@ -20,6 +20,8 @@ pub enum Scenario {
     S1,
     /// 50 connections, 64 B, closed loop: messages/s.
     S2,
+    /// S2 over a Unix-domain socket (only the peers that serve one).
+    S2U,
     /// 10 connections, 16 KiB messages, 4 in flight: MB/s.
     S3,
     /// One stream of 1 GiB: MB/s.
@@ -78,9 +80,10 @@ impl Headline {
 
 impl Scenario {
     /// Every scenario, in order.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::S1,
         Scenario::S2,
+        Scenario::S2U,
         Scenario::S3,
         Scenario::S4,
         Scenario::S5,
@@ -93,6 +96,7 @@ impl Scenario {
         match self {
             Scenario::S1 => "1 connection, 64 B ping-pong".into(),
             Scenario::S2 => "50 connections, 64 B, closed loop".into(),
+            Scenario::S2U => "50 connections over a Unix-domain socket, 64 B, closed loop".into(),
             Scenario::S3 => "10 connections, 16 KiB messages, 4 in flight each".into(),
             Scenario::S4 => format!(
                 "one stream of {} MiB (64 KiB messages, 16 in flight)",
@@ -111,11 +115,24 @@ impl Scenario {
     pub fn headline(self) -> Headline {
         match self {
             Scenario::S1 => Headline::P50,
-            Scenario::S2 | Scenario::S7 => Headline::MsgsPerS,
+            Scenario::S2 | Scenario::S2U | Scenario::S7 => Headline::MsgsPerS,
             Scenario::S3 | Scenario::S4 => Headline::MbPerS,
             Scenario::S5 => Headline::ConnsPerS,
             Scenario::S6 => Headline::KibPerConn,
         }
+    }
+
+    /// What the load generator connects over.
+    pub fn transport(self) -> Transport {
+        match self {
+            Scenario::S2U => Transport::Unix,
+            _ => Transport::Tcp,
+        }
+    }
+
+    /// Whether the harness counts the servers' system calls in this scenario (when asked).
+    pub fn counts_syscalls(self) -> bool {
+        matches!(self, Scenario::S2 | Scenario::S2U)
     }
 
     /// The peer ratios are taken against.
@@ -140,7 +157,7 @@ impl FromStr for Scenario {
         Scenario::ALL
             .into_iter()
             .find(|x| x.to_string().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown scenario {s:?}; known: S1 … S7"))
+            .ok_or_else(|| format!("unknown scenario {s:?}; known: S1 … S7, S2U"))
     }
 }
 
@@ -303,8 +320,8 @@ pub fn measure(
     s: &Settings,
 ) -> io::Result<Metrics> {
     let (server_cpu, load_cpu) = layout.cpus();
-    let server = ServerChild::echo(peer, server_cpu)?;
-    let (addr, pid) = (server.addr, server.pid());
+    let server = ServerChild::echo(peer, scenario.transport(), server_cpu)?;
+    let (target, pid) = (server.target.clone(), server.pid());
     let stream =
         |conns: usize, msg_size: usize, depth: usize, stop: Stop, warmup: Duration| StreamLoad {
             conns,
@@ -317,7 +334,7 @@ pub fn measure(
     let timed = Stop::After(s.duration);
     let load = match scenario {
         Scenario::S1 => stream(1, 64, 1, timed, s.warmup),
-        Scenario::S2 => stream(50, 64, 1, timed, s.warmup),
+        Scenario::S2 | Scenario::S2U => stream(50, 64, 1, timed, s.warmup),
         Scenario::S3 => stream(10, 16 * 1024, 4, timed, s.warmup),
         Scenario::S4 => stream(
             1,
@@ -337,6 +354,7 @@ pub fn measure(
                 warmup: s.warmup,
                 duration: s.duration,
             };
+            let addr = target.tcp()?;
             let mut r = on_load_thread(load_cpu, move || load::run_churn(addr, &churn, Some(pid)))?;
             let secs = r.elapsed.as_secs_f64();
             let mut m = Metrics {
@@ -357,11 +375,13 @@ pub fn measure(
             return Ok(m);
         }
         Scenario::S6 => {
-            let n = s.s6_conns;
+            let (addr, n) = (target.tcp()?, s.s6_conns);
             return on_load_thread(load_cpu, move || idle(addr, pid, n));
         }
     };
-    let mut r = on_load_thread(load_cpu, move || load::run_stream(addr, &load, Some(pid)))?;
+    let mut r = on_load_thread(load_cpu, move || {
+        load::run_stream(&target, &load, Some(pid))
+    })?;
     let secs = r.elapsed.as_secs_f64().max(1e-9);
     let mut m = Metrics {
         msgs_per_s: Some(r.msgs as f64 / secs),
@@ -396,7 +416,7 @@ fn idle(addr: std::net::SocketAddr, pid: u32, n: usize) -> io::Result<Metrics> {
     })
 }
 
-/// The S2 system-call counts of one peer.
+/// The system-call counts of one peer under S2's load (or S2U's).
 #[derive(Debug, Clone, Default)]
 pub struct SyscallReport {
     /// From `perf stat` (preferred: it barely slows the server).
@@ -416,12 +436,18 @@ impl SyscallReport {
     }
 }
 
-/// Runs S2's load on a fresh server and, after the warm-up, counts its system calls in a
-/// window separate from the throughput rounds: with perf, or else strace.
-pub fn count_syscalls(peer: Peer, layout: Layout, s: &Settings) -> io::Result<SyscallReport> {
+/// Runs S2's load (over `scenario`'s transport: S2 or S2U) on a fresh server and, after the
+/// warm-up, counts its system calls in a window separate from the throughput rounds: with
+/// perf, or else strace.
+pub fn count_syscalls(
+    peer: Peer,
+    scenario: Scenario,
+    layout: Layout,
+    s: &Settings,
+) -> io::Result<SyscallReport> {
     let (server_cpu, load_cpu) = layout.cpus();
-    let server = ServerChild::echo(peer, server_cpu)?;
-    let (addr, pid) = (server.addr, server.pid());
+    let server = ServerChild::echo(peer, scenario.transport(), server_cpu)?;
+    let (target, pid) = (server.target.clone(), server.pid());
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(AtomicU64::new(0));
     let load = StreamLoad {
@@ -436,7 +462,7 @@ pub fn count_syscalls(peer: Peer, layout: Layout, s: &Settings) -> io::Result<Sy
         .name("load".into())
         .spawn(move || {
             sys::pin_current_thread(load_cpu)?;
-            load::run_stream(addr, &load, None)
+            load::run_stream(&target, &load, None)
         })?;
     let mut report = SyscallReport::default();
     let mut failure = None;

@@ -1,9 +1,13 @@
 //! Every peer's server, started the way the harness starts it (`iotask-bench serve PEER
-//! 127.0.0.1:0`), echoes exactly what it receives: small ping-pongs, and megabytes written
-//! while the echo is read on another thread (which makes the servers' writes partial).
+//! 127.0.0.1:0`, or `unix:PATH` for the peers with a Unix-domain server), echoes exactly
+//! what it receives: small ping-pongs, and megabytes written while the echo is read on
+//! another thread (which makes the servers' writes partial). A short run of S2U shows that
+//! the peers without a Unix-domain server are skipped, not failed.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -18,6 +22,8 @@ const PEERS: [&str; 8] = [
     "mio",
     "std-threads",
 ];
+/// The peers with a Unix-domain server (the ones S2U measures).
+const UNIX_PEERS: [&str; 2] = ["iotask-actor", "tokio-ct"];
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The server process, killed when the test ends (passing or not).
@@ -30,9 +36,46 @@ impl Drop for Server {
     }
 }
 
-fn start(peer: &str) -> (Server, SocketAddr) {
+/// A connection the checks can read, write and split across two threads.
+trait Conn: Read + Write + Send + Sized + 'static {
+    fn split(&self) -> Self;
+}
+
+impl Conn for TcpStream {
+    fn split(&self) -> Self {
+        self.try_clone().unwrap()
+    }
+}
+
+impl Conn for UnixStream {
+    fn split(&self) -> Self {
+        self.try_clone().unwrap()
+    }
+}
+
+/// A folder of its own for one test's socket, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir =
+            std::env::temp_dir().join(format!("iotask-bench-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts `peer`'s server on `addr` and returns the line it printed.
+fn start(peer: &str, addr: &str) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_iotask-bench"))
-        .args(["serve", peer, "127.0.0.1:0"])
+        .args(["serve", peer, addr])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -49,15 +92,18 @@ fn start(peer: &str) -> (Server, SocketAddr) {
     let line = rx
         .recv_timeout(TIMEOUT)
         .unwrap_or_else(|_| panic!("{peer}: no address printed"));
-    let addr = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{peer}: printed {line:?}, not an address"));
-    (server, addr)
+    (server, line.trim().to_owned())
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+fn connect_unix(path: &Path) -> UnixStream {
+    let s = UnixStream::connect(path).expect("connect");
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
     s.set_write_timeout(Some(TIMEOUT)).unwrap();
     s
@@ -76,11 +122,30 @@ fn bytes(seed: u32, n: usize) -> Vec<u8> {
 }
 
 fn check_peer(peer: &str) {
-    let (_server, addr) = start(peer);
+    let (_server, line) = start(peer, "127.0.0.1:0");
+    let addr: SocketAddr = line
+        .parse()
+        .unwrap_or_else(|_| panic!("{peer}: printed {line:?}, not an address"));
+    check_echo(peer, || connect(addr));
+}
 
+fn check_unix_peer(peer: &str) {
+    let dir = TempDir::new(peer);
+    let path = dir.0.join("echo.sock");
+    let (server, line) = start(peer, &format!("unix:{}", path.display()));
+    assert_eq!(
+        line,
+        format!("unix:{}", path.display()),
+        "{peer}: announced"
+    );
+    check_echo(peer, || connect_unix(&path));
+    drop(server);
+}
+
+fn check_echo<C: Conn>(peer: &str, connect: impl Fn() -> C) {
     // Ping-pong on two connections at once: the replies are not mixed up.
-    let mut a = connect(addr);
-    let mut b = connect(addr);
+    let mut a = connect();
+    let mut b = connect();
     for i in 0..50u32 {
         let (ma, mb) = (bytes(i, 64), bytes(i + 1000, 100));
         a.write_all(&ma).unwrap();
@@ -95,16 +160,15 @@ fn check_peer(peer: &str) {
 
     // A 4 MiB stream written in odd-sized pieces while another thread reads the echo.
     let data = bytes(7, 4 << 20);
-    let writer = connect(addr);
-    let mut reader = writer.try_clone().unwrap();
+    let mut writer = connect();
+    let mut reader = writer.split();
     let expected = data.clone();
     let read_side = std::thread::spawn(move || {
         let mut got = vec![0; expected.len()];
         reader.read_exact(&mut got).map(|_| got == expected)
     });
-    let mut w = &writer;
     for chunk in data.chunks(37_001) {
-        w.write_all(chunk).unwrap();
+        writer.write_all(chunk).unwrap();
     }
     let same = read_side.join().unwrap().expect("read the whole echo");
     assert!(same, "{peer}: the 4 MiB echo differs from what was sent");
@@ -122,6 +186,59 @@ fn every_peer_echoes_exactly() {
     for peer in PEERS {
         check_peer(peer);
     }
+}
+
+#[test]
+fn unix_peers_echo_exactly() {
+    for peer in UNIX_PEERS {
+        check_unix_peer(peer);
+    }
+}
+
+#[test]
+fn a_peer_without_a_unix_server_refuses_a_unix_address() {
+    let dir = TempDir::new("refused");
+    let addr = format!("unix:{}", dir.0.join("echo.sock").display());
+    let out = Command::new(env!("CARGO_BIN_EXE_iotask-bench"))
+        .args(["serve", "mio", &addr])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the binary");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no Unix-domain server"), "{stderr}");
+}
+
+/// A short S2U run with a peer that has no Unix-domain server: it is skipped with a note,
+/// the two that have one are measured, and the run succeeds.
+#[test]
+fn s2u_skips_peers_without_a_unix_server() {
+    let dir = TempDir::new("s2u-run");
+    let (md, svg) = (dir.0.join("run.md"), dir.0.join("run.svg"));
+    let out = Command::new(env!("CARGO_BIN_EXE_iotask-bench"))
+        .args(["--scenarios", "S2U", "--peers", "iotask-actor,tokio-ct,mio"])
+        .args(["--layout", "unpinned", "--rounds", "1", "--duration", "0.2"])
+        .arg("--no-syscalls")
+        .arg("--out-md")
+        .arg(&md)
+        .arg("--out-svg")
+        .arg(&svg)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the harness");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("FAILED"), "{stderr}");
+    let report = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        report.contains("> S2U: no server of mio for this transport; skipped."),
+        "{report}"
+    );
+    let row = report
+        .lines()
+        .find(|l| l.starts_with("| S2U | msg/s | unpinned |"))
+        .unwrap_or_else(|| panic!("no S2U summary row:\n{report}"));
+    assert!(row.contains("(ref)") && row.ends_with("| – |"), "{row}");
 }
 
 #[test]

@@ -1,12 +1,15 @@
 //! iotask's many-sockets-one-actor mode: the I/O task hands each accepted socket straight to
-//! one actor thread's `Mailbox` (`tcp::listen_into`), and the actor echoes every
-//! `Event::Data`.
+//! one actor thread's `Mailbox` (`tcp::listen_into`, or `unix::bind(..).into_mailbox(..)`
+//! for a Unix-domain socket), and the actor echoes every `Event::Data`.
 
 use std::collections::HashMap;
 use std::io;
+use std::path::Path;
 use std::time::Duration;
 
+use iotask::stream::{Family, Stream};
 use iotask::tcp::{self, ListenOptions, PoolListener, TcpSocket};
+use iotask::unix::{self, UnixSocket};
 use iotask::{Event, IoPool, IoTask, Mailbox, SocketId};
 
 pub(super) fn serve(addr: &str, spin: Option<Duration>) -> io::Result<()> {
@@ -25,6 +28,23 @@ pub(super) fn serve(addr: &str, spin: Option<Duration>) -> io::Result<()> {
     let options = ListenOptions::new().backlog(1024);
     let server = tcp::listen_into(addr, &options, &iotask, &sender).map_err(io::Error::other)?;
     super::announce(server.local_addr());
+    server.wait().map_err(io::Error::other)
+}
+
+/// The same server on a Unix-domain socket at `path`: the listener hands each connection to
+/// the actor's mailbox, which receives it as `Event::AcceptedUnix`.
+pub(super) fn serve_unix(path: &Path) -> io::Result<()> {
+    let iotask = iotask::global();
+    let mailbox: Mailbox<UnixSocket> = Mailbox::new();
+    let sender = mailbox.sender();
+    std::thread::Builder::new()
+        .name("echo-actor".into())
+        .spawn(move || actor(mailbox))?;
+    let options = ListenOptions::new().backlog(1024);
+    let server = unix::bind(path, &options, &iotask)
+        .and_then(|listener| listener.into_mailbox(&sender))
+        .map_err(io::Error::other)?;
+    super::announce_unix(path);
     server.wait().map_err(io::Error::other)
 }
 
@@ -105,18 +125,12 @@ pub(super) fn serve_pool(
     .map_err(|e| io::Error::other(e.to_string()))
 }
 
-/// Owns every connection: attaches new ones, echoes data, forgets closed ones.
-fn actor(mut mailbox: Mailbox<TcpSocket>) {
-    let mut sockets: HashMap<SocketId, TcpSocket> = HashMap::new();
+/// Owns every connection of family `F` (TCP or Unix-domain): takes in accepted ones,
+/// attaches those sent to it, echoes data, forgets closed ones.
+fn actor<F: Family>(mut mailbox: Mailbox<Stream<F>>) {
+    let mut sockets: HashMap<SocketId, Stream<F>> = HashMap::new();
     loop {
         match mailbox.recv() {
-            Event::Accepted(sock) => {
-                sockets.insert(sock.id(), sock);
-            }
-            // A socket that cannot attach (its peer already reset it) is dropped below.
-            Event::Message(sock) if sock.attach(&mailbox).is_ok() => {
-                sockets.insert(sock.id(), sock);
-            }
             Event::Data { socket, data } => {
                 if let Some(sock) = sockets.get(&socket) {
                     drop(sock.write_future(data));
@@ -125,7 +139,18 @@ fn actor(mut mailbox: Mailbox<TcpSocket>) {
             Event::Closed { socket, .. } => {
                 sockets.remove(&socket);
             }
-            _ => {}
+            // A socket that cannot attach (its peer already reset it) is dropped.
+            Event::Message(sock) => {
+                if sock.attach(&mailbox).is_ok() {
+                    sockets.insert(sock.id(), sock);
+                }
+            }
+            // `Accepted` or `AcceptedUnix`, whichever is `F`'s; `Event` may grow variants.
+            other => {
+                if let Ok(sock) = other.into_accepted::<F>() {
+                    sockets.insert(sock.id(), sock);
+                }
+            }
         }
     }
 }

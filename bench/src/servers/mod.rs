@@ -2,6 +2,9 @@
 //!
 //! Every server binds the address it is given, prints the bound address on a line of its
 //! own on stdout, then echoes every byte back on every connection until it is killed.
+//! An address is `IP:PORT`, or `unix:PATH` for a Unix-domain stream socket, which only the
+//! peers that [`Peer::serves`] it have a server for (iotask-actor and tokio-ct, each the
+//! same server on `unix::bind` / `tokio::net::UnixListener`).
 //! Each is written the way its stack's documentation teaches. All of them set
 //! `TCP_NODELAY` on accepted connections (iotask does so itself), and the ones that read
 //! into a buffer of their own use [`ECHO_BUFFER`] bytes, the size of iotask's default read
@@ -17,6 +20,7 @@ mod tokio_echo;
 use std::fmt;
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::str::FromStr;
 
 use iotask::tcp::PoolListener;
@@ -24,6 +28,15 @@ use iotask::tcp::PoolListener;
 /// Bytes read at most per `read` call by the tokio, std and mio servers: 64 KiB, as
 /// iotask's default `read_buffer`.
 pub const ECHO_BUFFER: usize = 64 * 1024;
+
+/// What a server listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    /// TCP on loopback.
+    Tcp,
+    /// A Unix-domain stream socket.
+    Unix,
+}
 
 /// A server implementation under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -122,6 +135,14 @@ impl Peer {
         }
     }
 
+    /// Whether this peer has a server for `transport` (every peer serves TCP).
+    pub fn serves(self, transport: Transport) -> bool {
+        match transport {
+            Transport::Tcp => true,
+            Transport::Unix => matches!(self, Peer::IotaskActor | Peer::TokioCt),
+        }
+    }
+
     /// Whether this peer belongs to the library under test.
     pub fn is_iotask(self) -> bool {
         matches!(
@@ -157,8 +178,25 @@ impl FromStr for Peer {
     }
 }
 
-/// Runs `peer`'s echo server on `addr` until the process is killed.
+/// Runs `peer`'s echo server on `addr` (`IP:PORT` or `unix:PATH`) until the process is
+/// killed.
+///
+/// # Errors
+///
+/// `Unsupported` for a Unix-domain address and a peer that does not [`serve`](Peer::serves)
+/// one; otherwise the server's own errors (binding, mostly).
 pub fn serve(peer: Peer, addr: &str) -> io::Result<()> {
+    if let Some(path) = addr.strip_prefix("unix:") {
+        let path = Path::new(path);
+        return match peer {
+            Peer::IotaskActor => iotask_actor::serve_unix(path),
+            Peer::TokioCt => tokio_echo::serve_unix(path),
+            other => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("{other} has no Unix-domain server"),
+            )),
+        };
+    }
     match peer {
         Peer::IotaskPorts => iotask_ports::serve(addr),
         Peer::IotaskActor => iotask_actor::serve(addr, None),
@@ -178,8 +216,17 @@ pub fn serve(peer: Peer, addr: &str) -> io::Result<()> {
 
 /// Tells the harness where the server listens: the bound address, alone on a line.
 fn announce(addr: SocketAddr) {
+    announce_line(format_args!("{addr}"));
+}
+
+/// Tells the harness where a Unix-domain server listens: `unix:PATH`, alone on a line.
+fn announce_unix(path: &Path) {
+    announce_line(format_args!("unix:{}", path.display()));
+}
+
+fn announce_line(line: fmt::Arguments<'_>) {
     let mut out = io::stdout().lock();
     // The harness is gone if this fails; the server will be killed anyway.
-    let _ = writeln!(out, "{addr}");
+    let _ = writeln!(out, "{line}");
     let _ = out.flush();
 }
