@@ -9,7 +9,7 @@ use crate::{Builder, IoTask};
 
 /// A fixed set of I/O tasks that share the work of a server.
 ///
-/// [`tcp::listen_on_pool`](crate::tcp::listen_on_pool) gives each task its own listening
+/// [`tcp::bind_pool`](crate::tcp::bind_pool) gives each task its own listening
 /// socket on one port (`SO_REUSEPORT`), so the kernel spreads connections over the tasks and
 /// no lock or hand-off sits between them; [`next`](IoPool::next) picks a task for a client
 /// socket, round robin. Each socket lives on exactly one task for its whole life.

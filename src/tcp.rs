@@ -233,6 +233,10 @@ where
 /// # Errors
 ///
 /// As [`listen`].
+#[deprecated(
+    since = "0.2.0",
+    note = "use `tcp::bind(addr, options, iotask)?.serve(on_establish, new_connect)`"
+)]
 pub fn listen_with<A, E, C>(
     addr: A,
     options: &ListenOptions,
@@ -253,6 +257,10 @@ where
 /// # Errors
 ///
 /// As [`listen`].
+#[deprecated(
+    since = "0.2.0",
+    note = "use `tcp::bind_pool(addr, options, pool)?.serve(on_establish, new_connect)`"
+)]
 pub fn listen_on_pool<A, E, C>(
     addr: A,
     options: &ListenOptions,
@@ -274,6 +282,10 @@ where
 /// # Errors
 ///
 /// As [`bind`].
+#[deprecated(
+    since = "0.2.0",
+    note = "use `tcp::bind(addr, options, iotask)?.into_mailbox(mailbox)`"
+)]
 pub fn listen_into<A, M>(
     addr: A,
     options: &ListenOptions,
@@ -294,6 +306,10 @@ where
 /// # Errors
 ///
 /// As [`bind`]; `Generic` named `"EINVAL"` when `mailboxes` is empty.
+#[deprecated(
+    since = "0.2.0",
+    note = "use `tcp::bind_pool(addr, options, pool)?.into_mailboxes(mailboxes)`"
+)]
 pub fn listen_on_pool_into<A, M, S>(
     addr: A,
     options: &ListenOptions,
@@ -314,6 +330,10 @@ where
 /// # Errors
 ///
 /// As [`bind`]; `Generic` when the thread cannot be spawned.
+#[deprecated(
+    since = "0.2.0",
+    note = "use `tcp::bind(addr, options, iotask)?.spawn(new_connect)`"
+)]
 pub fn spawn_listen<A, C>(
     addr: A,
     options: &ListenOptions,

@@ -106,13 +106,12 @@ fn emfile_child() {
     std::thread::spawn({
         let iotask = iotask.clone();
         move || {
-            tcp::listen_with(
-                "127.0.0.1:0",
-                &ListenOptions::new(),
-                &iotask,
-                |kill| kill_tx.send(kill).unwrap(),
-                move |conn, _| conn_tx.send(conn).unwrap(),
-            )
+            tcp::bind("127.0.0.1:0", &ListenOptions::new(), &iotask).and_then(|l| {
+                l.serve(
+                    |kill| kill_tx.send(kill).unwrap(),
+                    move |conn, _| conn_tx.send(conn).unwrap(),
+                )
+            })
         }
     });
     let kill: tcp::KillChan = kill_rx.recv_timeout(WAIT).unwrap();

@@ -353,7 +353,9 @@ fn no_drop_order_leaks_a_descriptor_panics_or_hangs() {
             let options = ListenOptions::new();
             // Stopped with connections open, which are then dropped in both orders.
             let mut mailbox: Mailbox<()> = Mailbox::new();
-            let server = tcp::listen_into("127.0.0.1:0", &options, iotask, &mailbox).unwrap();
+            let server = tcp::bind("127.0.0.1:0", &options, iotask)
+                .and_then(|l| l.into_mailbox(&mailbox))
+                .unwrap();
             let clients: Vec<TcpStream> = (0..4)
                 .map(|_| TcpStream::connect(server.local_addr()).unwrap())
                 .collect();
@@ -368,7 +370,9 @@ fn no_drop_order_leaks_a_descriptor_panics_or_hangs() {
             drop(clients);
             drop(accepted);
             // Connections the mailbox never received, then the server dropped.
-            let server = tcp::listen_into("127.0.0.1:0", &options, iotask, &mailbox).unwrap();
+            let server = tcp::bind("127.0.0.1:0", &options, iotask)
+                .and_then(|l| l.into_mailbox(&mailbox))
+                .unwrap();
             let clients: Vec<TcpStream> = (0..4)
                 .map(|_| TcpStream::connect(server.local_addr()).unwrap())
                 .collect();
@@ -378,7 +382,9 @@ fn no_drop_order_leaks_a_descriptor_panics_or_hangs() {
             drop(clients);
             // The mailbox dropped first: the listener closes itself.
             let mailbox: Mailbox<()> = Mailbox::new();
-            let server = tcp::listen_into("127.0.0.1:0", &options, iotask, &mailbox).unwrap();
+            let server = tcp::bind("127.0.0.1:0", &options, iotask)
+                .and_then(|l| l.into_mailbox(&mailbox))
+                .unwrap();
             drop(mailbox);
             let client = TcpStream::connect(server.local_addr()).unwrap();
             assert!(server.wait().is_err());
@@ -566,13 +572,17 @@ fn no_drop_order_leaks_a_descriptor_panics_or_hangs() {
             let listener = std::thread::spawn({
                 let pool = pool.clone();
                 move || {
-                    tcp::listen_on_pool(
+                    tcp::bind_pool(
                         "127.0.0.1:0",
                         &ListenOptions::new().pool_listener(mode),
                         &pool,
-                        |kill| kill_tx.send(kill).unwrap(),
-                        move |conn, _| conn_tx.send(conn).unwrap(),
                     )
+                    .and_then(|l| {
+                        l.serve(
+                            |kill| kill_tx.send(kill).unwrap(),
+                            move |conn, _| conn_tx.send(conn).unwrap(),
+                        )
+                    })
                 }
             });
             let kill: KillChan = kill_rx.recv_timeout(SETTLE).unwrap();

@@ -394,12 +394,15 @@ fn threads_that_panic_holding_iotask_objects_release_every_descriptor() {
         let peers_tx = peers_tx.clone();
         move || {
             let (conn_tx, conns) = mpsc::channel();
-            let server = tcp::spawn_listen("127.0.0.1:0", &ListenOptions::new(), &iotask, {
-                move |conn, _| {
-                    let _ = conn_tx.send(conn);
-                }
-            })
-            .unwrap();
+            let server = tcp::bind("127.0.0.1:0", &ListenOptions::new(), &iotask)
+                .and_then(|l| {
+                    l.spawn({
+                        move |conn, _| {
+                            let _ = conn_tx.send(conn);
+                        }
+                    })
+                })
+                .unwrap();
             for _ in 0..3 {
                 peers_tx
                     .send(TcpStream::connect(server.local_addr()).unwrap())
@@ -429,8 +432,9 @@ fn threads_that_panic_holding_iotask_objects_release_every_descriptor() {
                 mailbox.sender().send(sent).unwrap();
                 peers_tx.send(peer).unwrap();
             }
-            let server =
-                tcp::listen_into("127.0.0.1:0", &ListenOptions::new(), &iotask, &mailbox).unwrap();
+            let server = tcp::bind("127.0.0.1:0", &ListenOptions::new(), &iotask)
+                .and_then(|l| l.into_mailbox(&mailbox))
+                .unwrap();
             for _ in 0..3 {
                 peers_tx
                     .send(TcpStream::connect(server.local_addr()).unwrap())
@@ -547,7 +551,9 @@ fn emfile_child() {
     let target: SocketAddr = std::env::var("TARGET").unwrap().parse().unwrap();
     let iotask = IoTask::spawn().unwrap();
     let mut mailbox: Mailbox = Mailbox::new();
-    let server = tcp::listen_into("127.0.0.1:0", &ListenOptions::new(), &iotask, &mailbox).unwrap();
+    let server = tcp::bind("127.0.0.1:0", &ListenOptions::new(), &iotask)
+        .and_then(|l| l.into_mailbox(&mailbox))
+        .unwrap();
     println!("PORT {}", server.local_addr().port());
     // The actor echoes and reports each connection it gets.
     let (accepted_tx, accepted) = mpsc::channel();
@@ -665,7 +671,9 @@ fn ten_thousand_connections_echo_on_one_actor() {
     let iotask = IoTask::spawn().unwrap();
     let mailbox: Mailbox<Option<mpsc::Sender<usize>>> = Mailbox::new();
     let options = ListenOptions::new().backlog(4096);
-    let server = tcp::listen_into("127.0.0.1:0", &options, &iotask, &mailbox).unwrap();
+    let server = tcp::bind("127.0.0.1:0", &options, &iotask)
+        .and_then(|l| l.into_mailbox(&mailbox))
+        .unwrap();
     let actor_tx = mailbox.sender();
     let actor = std::thread::spawn(move || echo_actor(mailbox));
     let rss_before = vm_rss_kib();
@@ -756,12 +764,12 @@ fn connection_churn_keeps_descriptors_and_memory_flat() {
     let server_task = IoTask::spawn().unwrap();
     let client_task = IoTask::spawn().unwrap();
     let mailbox: Mailbox<Option<mpsc::Sender<usize>>> = Mailbox::new();
-    let server = tcp::listen_into(
+    let server = tcp::bind(
         "127.0.0.1:0",
         &ListenOptions::new().backlog(1024),
         &server_task,
-        &mailbox,
     )
+    .and_then(|l| l.into_mailbox(&mailbox))
     .unwrap();
     let addr = server.local_addr();
     let actor_tx = mailbox.sender();

@@ -129,8 +129,9 @@ fn transfers_are_exact_while_signals_hit_every_thread() {
     let server_task = IoTask::spawn().unwrap();
     let client_task = IoTask::spawn().unwrap();
     let mailbox: Mailbox = Mailbox::new();
-    let server =
-        tcp::listen_into("127.0.0.1:0", &ListenOptions::new(), &server_task, &mailbox).unwrap();
+    let server = tcp::bind("127.0.0.1:0", &ListenOptions::new(), &server_task)
+        .and_then(|l| l.into_mailbox(&mailbox))
+        .unwrap();
     let addr = server.local_addr();
     let stop_actor = mailbox.sender();
     let actor = std::thread::spawn(move || echo_actor(mailbox));

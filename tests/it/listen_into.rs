@@ -61,7 +61,9 @@ fn assert_refused(addr: SocketAddr) {
 fn each_connection_is_announced_before_its_data_and_can_be_answered() {
     let iotask = IoTask::spawn().unwrap();
     let mut mailbox: Mailbox = Mailbox::new();
-    let server = tcp::listen_into("127.0.0.1:0", &ListenOptions::new(), &iotask, &mailbox).unwrap();
+    let server = tcp::bind("127.0.0.1:0", &ListenOptions::new(), &iotask)
+        .and_then(|l| l.into_mailbox(&mailbox))
+        .unwrap();
     let n = 20;
     let mut clients: Vec<TcpStream> = (0..n)
         .map(|i| {
@@ -111,13 +113,16 @@ fn each_connection_is_announced_before_its_data_and_can_be_answered() {
 fn stop_frees_the_port_and_leaves_connections_working() {
     let iotask = IoTask::spawn().unwrap();
     let mut mailbox: Mailbox = Mailbox::new();
-    let server = tcp::listen_into("127.0.0.1:0", &ListenOptions::new(), &iotask, &mailbox).unwrap();
+    let server = tcp::bind("127.0.0.1:0", &ListenOptions::new(), &iotask)
+        .and_then(|l| l.into_mailbox(&mailbox))
+        .unwrap();
     let addr = server.local_addr();
     let mut c = client(addr);
     let sock = next_accepted(&mut mailbox);
 
     // Taken while it listens; free once `stop` returns.
-    let again = tcp::listen_into(addr, &ListenOptions::new(), &iotask, &mailbox);
+    let again =
+        tcp::bind(addr, &ListenOptions::new(), &iotask).and_then(|l| l.into_mailbox(&mailbox));
     assert!(matches!(again, Err(ListenError::AddressInUse)), "{again:?}");
     server.stop().unwrap();
     assert_refused(addr);
@@ -140,7 +145,9 @@ fn stop_frees_the_port_and_leaves_connections_working() {
 fn dropping_the_server_stops_it() {
     let iotask = IoTask::spawn().unwrap();
     let mailbox: Mailbox = Mailbox::new();
-    let server = tcp::listen_into("127.0.0.1:0", &ListenOptions::new(), &iotask, &mailbox).unwrap();
+    let server = tcp::bind("127.0.0.1:0", &ListenOptions::new(), &iotask)
+        .and_then(|l| l.into_mailbox(&mailbox))
+        .unwrap();
     let addr = server.local_addr();
     drop(server);
     assert_refused(addr);
@@ -151,7 +158,9 @@ fn max_connections_holds_the_rest_until_one_closes() {
     let iotask = IoTask::spawn().unwrap();
     let mut mailbox: Mailbox = Mailbox::new();
     let options = ListenOptions::new().max_connections(2);
-    let server = tcp::listen_into("127.0.0.1:0", &options, &iotask, &mailbox).unwrap();
+    let server = tcp::bind("127.0.0.1:0", &options, &iotask)
+        .and_then(|l| l.into_mailbox(&mailbox))
+        .unwrap();
     let clients: Vec<TcpStream> = (0..3).map(|_| client(server.local_addr())).collect();
     let first = next_accepted(&mut mailbox);
     let _second = next_accepted(&mut mailbox);
@@ -174,7 +183,9 @@ fn max_connections_holds_the_rest_until_one_closes() {
 fn pause_holds_clients_until_resume_and_drop_incoming_refuses_them() {
     let iotask = IoTask::spawn().unwrap();
     let mut mailbox: Mailbox = Mailbox::new();
-    let server = tcp::listen_into("127.0.0.1:0", &ListenOptions::new(), &iotask, &mailbox).unwrap();
+    let server = tcp::bind("127.0.0.1:0", &ListenOptions::new(), &iotask)
+        .and_then(|l| l.into_mailbox(&mailbox))
+        .unwrap();
     let kill = server.kill_chan().clone();
 
     kill.pause();
@@ -205,7 +216,9 @@ fn pause_holds_clients_until_resume_and_drop_incoming_refuses_them() {
 fn close_with_connections_ends_them_in_the_mailbox() {
     let iotask = IoTask::spawn().unwrap();
     let mut mailbox: Mailbox = Mailbox::new();
-    let server = tcp::listen_into("127.0.0.1:0", &ListenOptions::new(), &iotask, &mailbox).unwrap();
+    let server = tcp::bind("127.0.0.1:0", &ListenOptions::new(), &iotask)
+        .and_then(|l| l.into_mailbox(&mailbox))
+        .unwrap();
     let mut clients: Vec<TcpStream> = (0..3).map(|_| client(server.local_addr())).collect();
     let sockets: Vec<TcpSocket> = (0..3).map(|_| next_accepted(&mut mailbox)).collect();
 
@@ -233,7 +246,9 @@ fn close_with_connections_ends_them_in_the_mailbox() {
 fn a_dropped_mailbox_stops_the_listener_at_its_next_connection() {
     let iotask = IoTask::spawn().unwrap();
     let mailbox: Mailbox = Mailbox::new();
-    let server = tcp::listen_into("127.0.0.1:0", &ListenOptions::new(), &iotask, &mailbox).unwrap();
+    let server = tcp::bind("127.0.0.1:0", &ListenOptions::new(), &iotask)
+        .and_then(|l| l.into_mailbox(&mailbox))
+        .unwrap();
     let addr = server.local_addr();
     drop(mailbox);
     // Completed by the kernel from the backlog, then closed with the listener.
@@ -251,7 +266,9 @@ fn a_dropped_mailbox_stops_the_listener_at_its_next_connection() {
 fn shutdown_stops_the_listener_and_its_connections() {
     let iotask = IoTask::spawn().unwrap();
     let mut mailbox: Mailbox = Mailbox::new();
-    let server = tcp::listen_into("127.0.0.1:0", &ListenOptions::new(), &iotask, &mailbox).unwrap();
+    let server = tcp::bind("127.0.0.1:0", &ListenOptions::new(), &iotask)
+        .and_then(|l| l.into_mailbox(&mailbox))
+        .unwrap();
     let addr = server.local_addr();
     let _c = client(addr);
     let sock = next_accepted(&mut mailbox);
@@ -273,7 +290,9 @@ fn a_pool_hands_each_task_s_connections_to_its_own_mailbox() {
         let pool = IoPool::spawn(2).unwrap();
         let mut mailboxes: Vec<Mailbox> = vec![Mailbox::new(), Mailbox::new()];
         let options = ListenOptions::new().backlog(512).pool_listener(mode);
-        let server = tcp::listen_on_pool_into("127.0.0.1:0", &options, &pool, &mailboxes).unwrap();
+        let server = tcp::bind_pool("127.0.0.1:0", &options, &pool)
+            .and_then(|l| l.into_mailboxes(&mailboxes))
+            .unwrap();
         let n = 200;
         let clients: Vec<TcpStream> = (0..n).map(|_| client(server.local_addr())).collect();
         let mut per_task = [0usize; 2];
@@ -317,7 +336,9 @@ fn a_pool_hands_each_task_s_connections_to_its_own_mailbox() {
 fn a_pool_listener_needs_a_mailbox() {
     let pool = IoPool::spawn(2).unwrap();
     let none: [Mailbox; 0] = [];
-    match tcp::listen_on_pool_into("127.0.0.1:0", &ListenOptions::new(), &pool, &none) {
+    match tcp::bind_pool("127.0.0.1:0", &ListenOptions::new(), &pool)
+        .and_then(|l| l.into_mailboxes(&none))
+    {
         Err(ListenError::Generic { name, .. }) => assert_eq!(name, "EINVAL"),
         other => panic!("expected EINVAL, got {other:?}"),
     }
@@ -328,8 +349,9 @@ fn a_pool_listener_needs_a_mailbox() {
 fn a_pool_listener_stops_as_a_whole_when_one_task_stops() {
     let pool = IoPool::spawn(2).unwrap();
     let mailboxes: Vec<Mailbox> = vec![Mailbox::new(), Mailbox::new()];
-    let server =
-        tcp::listen_on_pool_into("127.0.0.1:0", &ListenOptions::new(), &pool, &mailboxes).unwrap();
+    let server = tcp::bind_pool("127.0.0.1:0", &ListenOptions::new(), &pool)
+        .and_then(|l| l.into_mailboxes(&mailboxes))
+        .unwrap();
     let addr = server.local_addr();
     pool.tasks()[0].shutdown();
     // The other task's socket closes too, and waiting says why.
@@ -338,5 +360,53 @@ fn a_pool_listener_stops_as_a_whole_when_one_task_stops() {
         other => panic!("expected SHUTDOWN, got {other:?}"),
     }
     assert_refused(addr);
+    pool.shutdown();
+}
+
+/// The spellings from before `bind` still compile and serve, with a deprecation warning
+/// that names their replacement.
+#[test]
+#[allow(deprecated)]
+fn the_older_server_calls_still_work() {
+    let iotask = IoTask::spawn().unwrap();
+    let options = ListenOptions::new();
+    let mailbox: Mailbox = Mailbox::new();
+    let server = tcp::listen_into("127.0.0.1:0", &options, &iotask, &mailbox).unwrap();
+    let _client = TcpStream::connect(server.local_addr()).unwrap();
+    assert!(crate::util::wait_until(WAIT, || server
+        .kill_chan()
+        .num_connections()
+        == 1));
+    server.stop().unwrap();
+
+    let spawned = tcp::spawn_listen("127.0.0.1:0", &options, &iotask, |conn, _| {
+        drop(tcp::accept(conn).unwrap().write_future(b"old".to_vec()));
+    })
+    .unwrap();
+    let sock = tcp::connect(spawned.local_addr(), &iotask).unwrap();
+    assert_eq!(sock.read(WAIT).unwrap(), b"old");
+    spawned.stop().unwrap();
+
+    let with = tcp::listen_with(
+        "127.0.0.1:0",
+        &options,
+        &iotask,
+        |kill| kill.send(None).unwrap(),
+        |_, _| {},
+    );
+    assert_eq!(with, Ok(()));
+
+    let pool = iotask::IoPool::spawn(2).unwrap();
+    let on_pool = tcp::listen_on_pool(
+        "127.0.0.1:0",
+        &options,
+        &pool,
+        |kill| kill.send(None).unwrap(),
+        |_, _| {},
+    );
+    assert_eq!(on_pool, Ok(()));
+    let mailboxes: Vec<Mailbox> = vec![Mailbox::new(), Mailbox::new()];
+    let pooled = tcp::listen_on_pool_into("127.0.0.1:0", &options, &pool, &mailboxes).unwrap();
+    pooled.stop().unwrap();
     pool.shutdown();
 }

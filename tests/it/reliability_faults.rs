@@ -141,7 +141,9 @@ fn after_the_peer_half_closes_a_port_yields_eof_and_replies_still_go_out() {
 fn after_a_client_half_closes_an_actor_sees_eof_and_can_still_answer() {
     let iotask = IoTask::spawn().unwrap();
     let mut mailbox: Mailbox = Mailbox::new();
-    let server = tcp::listen_into("127.0.0.1:0", &ListenOptions::new(), &iotask, &mailbox).unwrap();
+    let server = tcp::bind("127.0.0.1:0", &ListenOptions::new(), &iotask)
+        .and_then(|l| l.into_mailbox(&mailbox))
+        .unwrap();
     let n = 10;
     let clients: Vec<TcpStream> = (0..n)
         .map(|i| {
@@ -193,8 +195,9 @@ fn shutting_down_one_task_of_a_pool_ends_its_sockets_and_spares_the_others() {
 
     // A pooled echo server, an actor per task.
     let mailboxes: Vec<Mailbox> = vec![Mailbox::new(), Mailbox::new()];
-    let server =
-        tcp::listen_on_pool_into("127.0.0.1:0", &ListenOptions::new(), &pool, &mailboxes).unwrap();
+    let server = tcp::bind_pool("127.0.0.1:0", &ListenOptions::new(), &pool)
+        .and_then(|l| l.into_mailboxes(&mailboxes))
+        .unwrap();
     let addr = server.local_addr();
     let stops: Vec<_> = mailboxes.iter().map(Mailbox::sender).collect();
     let (ends_tx, ends) = mpsc::channel();
@@ -267,8 +270,9 @@ fn shutting_down_one_task_of_a_pool_ends_its_sockets_and_spares_the_others() {
 fn a_pool_listener_stops_as_a_whole_when_one_task_stops() {
     let pool = IoPool::spawn(2).unwrap();
     let mailboxes: Vec<Mailbox> = vec![Mailbox::new(), Mailbox::new()];
-    let server =
-        tcp::listen_on_pool_into("127.0.0.1:0", &ListenOptions::new(), &pool, &mailboxes).unwrap();
+    let server = tcp::bind_pool("127.0.0.1:0", &ListenOptions::new(), &pool)
+        .and_then(|l| l.into_mailboxes(&mailboxes))
+        .unwrap();
     let addr = server.local_addr();
     let stops: Vec<_> = mailboxes.iter().map(Mailbox::sender).collect();
     let (ends_tx, _ends) = mpsc::channel();
@@ -291,7 +295,11 @@ fn a_pool_listener_stops_as_a_whole_when_one_task_stops() {
         TcpStream::connect(addr).is_err(),
         "the port is free once the listener stopped"
     );
-    let survivors = clients.iter_mut().map(echo_once).filter(|&echoed| echoed).count();
+    let survivors = clients
+        .iter_mut()
+        .map(echo_once)
+        .filter(|&echoed| echoed)
+        .count();
     assert!(
         (1..20).contains(&survivors),
         "the connections on the running task still echo, the others are closed: {survivors}"
@@ -363,7 +371,9 @@ fn echo_once(c: &mut TcpStream) -> bool {
 fn an_actor_that_panics_with_connections_in_its_mailbox_closes_them() {
     let iotask = IoTask::spawn().unwrap();
     let mailbox: Mailbox = Mailbox::new();
-    let server = tcp::listen_into("127.0.0.1:0", &ListenOptions::new(), &iotask, &mailbox).unwrap();
+    let server = tcp::bind("127.0.0.1:0", &ListenOptions::new(), &iotask)
+        .and_then(|l| l.into_mailbox(&mailbox))
+        .unwrap();
     let addr = server.local_addr();
     // Another thread keeps a sender for the whole test.
     let (release_tx, release) = mpsc::channel::<()>();

@@ -29,15 +29,14 @@ fn serve(addr: &'static str, options: ListenOptions, iotask: &IoTask) -> Server 
     let (conn_tx, conns) = mpsc::channel();
     let iotask = iotask.clone();
     let thread = std::thread::spawn(move || {
-        tcp::listen_with(
-            addr,
-            &options,
-            &iotask,
-            |kill| kill_tx.send(kill).unwrap(),
-            move |conn, _| {
-                let _ = conn_tx.send(conn);
-            },
-        )
+        tcp::bind(addr, &options, &iotask).and_then(|l| {
+            l.serve(
+                |kill| kill_tx.send(kill).unwrap(),
+                move |conn, _| {
+                    let _ = conn_tx.send(conn);
+                },
+            )
+        })
     });
     let kill = kill_rx.recv_timeout(WAIT).expect("listener established");
     Server {
@@ -125,13 +124,8 @@ fn serve_pool(
     let (kill_tx, kill_rx) = mpsc::channel();
     let pool = pool.clone();
     let thread = std::thread::spawn(move || {
-        tcp::listen_on_pool(
-            "127.0.0.1:0",
-            &options,
-            &pool,
-            |kill| kill_tx.send(kill).unwrap(),
-            new_connect,
-        )
+        tcp::bind_pool("127.0.0.1:0", &options, &pool)
+            .and_then(|l| l.serve(|kill| kill_tx.send(kill).unwrap(), new_connect))
     });
     let kill = kill_rx
         .recv_timeout(WAIT)
@@ -451,19 +445,18 @@ fn panic_in_new_connect_can_be_ignored_or_reported() {
             let iotask = iotask.clone();
             move || {
                 let mut calls = 0;
-                tcp::listen_with(
-                    "127.0.0.1:0",
-                    &options,
-                    &iotask,
-                    |kill| kill_tx.send(kill).unwrap(),
-                    move |_, _| {
-                        calls += 1;
-                        if calls == 1 {
-                            panic!("first one fails");
-                        }
-                        ok_tx.send(()).unwrap();
-                    },
-                )
+                tcp::bind("127.0.0.1:0", &options, &iotask).and_then(|l| {
+                    l.serve(
+                        |kill| kill_tx.send(kill).unwrap(),
+                        move |_, _| {
+                            calls += 1;
+                            if calls == 1 {
+                                panic!("first one fails");
+                            }
+                            ok_tx.send(()).unwrap();
+                        },
+                    )
+                })
             }
         });
         let kill: KillChan = kill_rx.recv_timeout(WAIT).unwrap();
@@ -501,7 +494,8 @@ fn listen_options_apply_to_sockets() {
     let port = a.kill.local_addr().port();
     let addr: &'static str = Box::leak(format!("127.0.0.1:{port}").into_boxed_str());
     let b = serve(addr, ListenOptions::new().reuse_port(true), &iotask);
-    let refused = tcp::listen_with(addr, &ListenOptions::new(), &iotask, |_| {}, |_, _| {});
+    let refused =
+        tcp::bind(addr, &ListenOptions::new(), &iotask).and_then(|l| l.serve(|_| {}, |_, _| {}));
     assert_eq!(refused, Err(ListenError::AddressInUse));
     for s in [a, b] {
         s.kill.send(None).unwrap();

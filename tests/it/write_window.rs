@@ -17,23 +17,22 @@ fn echo_server(iotask: &IoTask, options: ListenOptions) -> (tcp::KillChan, mpsc:
     let (done_tx, done_rx) = mpsc::channel();
     let iotask = iotask.clone();
     std::thread::spawn(move || {
-        tcp::listen_with(
-            "127.0.0.1:0",
-            &options,
-            &iotask,
-            |kill| kill_tx.send(kill).unwrap(),
-            move |conn, _| {
-                let done = done_tx.clone();
-                std::thread::spawn(move || {
-                    let sock = tcp::accept(conn).unwrap();
-                    let port = sock.read_start().unwrap();
-                    while let Ok(chunk) = port.recv() {
-                        drop(sock.write_future(chunk));
-                    }
-                    let _ = done.send(());
-                });
-            },
-        )
+        tcp::bind("127.0.0.1:0", &options, &iotask).and_then(|l| {
+            l.serve(
+                |kill| kill_tx.send(kill).unwrap(),
+                move |conn, _| {
+                    let done = done_tx.clone();
+                    std::thread::spawn(move || {
+                        let sock = tcp::accept(conn).unwrap();
+                        let port = sock.read_start().unwrap();
+                        while let Ok(chunk) = port.recv() {
+                            drop(sock.write_future(chunk));
+                        }
+                        let _ = done.send(());
+                    });
+                },
+            )
+        })
     });
     (kill_rx.recv_timeout(WAIT).unwrap(), done_rx)
 }

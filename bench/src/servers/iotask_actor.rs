@@ -26,7 +26,9 @@ pub(super) fn serve(addr: &str, spin: Option<Duration>) -> io::Result<()> {
         .name("echo-actor".into())
         .spawn(move || actor(mailbox))?;
     let options = ListenOptions::new().backlog(1024);
-    let server = tcp::listen_into(addr, &options, &iotask, &sender).map_err(io::Error::other)?;
+    let server = tcp::bind(addr, &options, &iotask)
+        .and_then(|l| l.into_mailbox(&sender))
+        .map_err(io::Error::other)?;
     super::announce(server.local_addr());
     server.wait().map_err(io::Error::other)
 }
@@ -93,8 +95,9 @@ pub(super) fn serve_pool(
     let options = ListenOptions::new().backlog(1024).pool_listener(mode);
     // Bound before the actors start, so that the returned server outlives them.
     let paired_server = if paired {
-        let server =
-            tcp::listen_on_pool_into(addr, &options, &pool, &actors).map_err(io::Error::other)?;
+        let server = tcp::bind_pool(addr, &options, &pool)
+            .and_then(|l| l.into_mailboxes(&actors))
+            .map_err(io::Error::other)?;
         super::announce(server.local_addr());
         Some(server)
     } else {
@@ -109,20 +112,20 @@ pub(super) fn serve_pool(
         return server.wait().map_err(io::Error::other);
     }
     let mut next = 0;
-    tcp::listen_on_pool(
-        addr,
-        &options,
-        &pool.clone(),
-        |kill| super::announce(kill.local_addr()),
-        move |new_conn, _kill| match tcp::accept(new_conn) {
-            Ok(sock) => {
-                let _ = actors[next % actors.len()].send(sock);
-                next += 1;
-            }
-            Err(e) => eprintln!("iotask-pool: accept: {e}"),
-        },
-    )
-    .map_err(|e| io::Error::other(e.to_string()))
+    tcp::bind_pool(addr, &options, &pool.clone())
+        .and_then(|l| {
+            l.serve(
+                |kill| super::announce(kill.local_addr()),
+                move |new_conn, _kill| match tcp::accept(new_conn) {
+                    Ok(sock) => {
+                        let _ = actors[next % actors.len()].send(sock);
+                        next += 1;
+                    }
+                    Err(e) => eprintln!("iotask-pool: accept: {e}"),
+                },
+            )
+        })
+        .map_err(|e| io::Error::other(e.to_string()))
 }
 
 /// Owns every connection of family `F` (TCP or Unix-domain): takes in accepted ones,

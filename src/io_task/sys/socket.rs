@@ -7,7 +7,7 @@
 //! | send without `SIGPIPE` | `MSG_NOSIGNAL` on every send | `SO_NOSIGPIPE` on the socket: `socket2` and std set it on every socket they create, and `accept_nonblocking` on every accepted one | `MSG_NOSIGNAL` |
 //! | `SO_REUSEPORT` spreads connections | Linux, Android, DragonFly: yes; FreeBSD: with `SO_REUSEPORT_LB`, which `set_reuse_port` sets instead; NetBSD, OpenBSD: no | no (the last socket bound takes them all) | no |
 //!
-//! Where `SO_REUSEPORT` does not spread connections, `listen_on_pool` gives every loop the
+//! Where `SO_REUSEPORT` does not spread connections, `tcp::bind_pool` gives every loop the
 //! same listening socket instead (`reuse_port_spreads`): each connection wakes every loop
 //! and the first to accept takes it, so clients still go to every loop, to whichever is
 //! free first rather than evenly.
