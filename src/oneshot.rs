@@ -267,6 +267,37 @@ mod tests {
         assert_eq!(reclaim.take_back(), None);
     }
 
+    /// The complete/drop race: a value sent while its receiver is being dropped is either
+    /// received or reclaimed by the sender, exactly once, never both and never neither.
+    #[test]
+    fn a_value_raced_with_a_drop_is_taken_exactly_once() {
+        for round in 0..20_000u32 {
+            let (tx, rx) = channel();
+            let receiver = std::thread::spawn(move || {
+                if round % 2 == 0 {
+                    rx.recv_deadline(Some(Instant::now())).ok()
+                } else {
+                    drop(rx);
+                    None
+                }
+            });
+            let reclaim = tx.send_reclaimable(round);
+            let received = receiver.join().unwrap();
+            let reclaimed = match &reclaim {
+                Ok(reclaim) => {
+                    assert!(reclaim.is_settled(), "the receiver is gone");
+                    reclaim.take_back()
+                }
+                Err(value) => Some(*value),
+            };
+            let seen = usize::from(received.is_some()) + usize::from(reclaimed.is_some());
+            assert_eq!(
+                seen, 1,
+                "round {round}: received {received:?}, reclaimed {reclaimed:?}"
+            );
+        }
+    }
+
     #[test]
     fn deadline_passes() {
         let (_tx, rx) = channel::<u8>();

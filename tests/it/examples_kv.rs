@@ -759,9 +759,11 @@ fn a_million_argument_command_does_not_stall_other_clients() {
         pings >= 1,
         "only {pings} PINGs ran while the command streamed"
     );
-    // Parsed from the start again at every chunk, this took seconds (RELIABILITY.md).
+    // Parsed from the start again at every chunk, this took seconds (RELIABILITY.md); the
+    // incremental parser takes tens of milliseconds. The bound leaves room for a machine
+    // busy with other tests (221 ms was seen once under load) and still tells the two apart.
     assert!(
-        worst < Duration::from_millis(200),
+        worst < Duration::from_millis(1000),
         "a PING took {worst:?} while another client streamed a large command"
     );
     assert_eq!(pinger.cmd("PING"), Reply::Simple("PONG".to_owned()));
