@@ -2,8 +2,13 @@
 //! stable: every file goes through the same invariant checks as the fuzz targets
 //! (`fuzz/checks/`), so what the fuzzer once found stays fixed.
 
+#[path = "../src/tcp/addr.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod addr;
 #[path = "../fuzz/checks/http_request.rs"]
 mod http_checks;
+#[path = "../fuzz/checks/listen_addr.rs"]
+mod listen_addr_checks;
 #[path = "../examples/http/request.rs"]
 #[allow(dead_code)]
 mod request;
@@ -39,4 +44,9 @@ fn resp_corpus_keeps_the_parser_invariants() {
 #[test]
 fn http_request_corpus_keeps_the_parser_invariants() {
     assert!(run_corpus("http_request", http_checks::check) >= 10);
+}
+
+#[test]
+fn listen_addr_corpus_keeps_the_parser_invariants() {
+    assert!(run_corpus("listen_addr", listen_addr_checks::check) >= 10);
 }

@@ -28,23 +28,55 @@ fn any_interface(port: u16) -> Vec<SocketAddr> {
     ]
 }
 
+/// What a listen address string says, before any host name is resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Parsed<'a> {
+    /// A bare port (`"8080"`, `":8080"`, `"*:8080"`): every interface.
+    AnyInterface(u16),
+    /// An IP address and port, written out.
+    Literal(SocketAddr),
+    /// `HOST:PORT` with a name to resolve.
+    Host(&'a str),
+}
+
+/// Reads a listen address string without resolving anything (the fuzz target `listen_addr`
+/// checks it).
+pub(crate) fn parse(text: &str) -> io::Result<Parsed<'_>> {
+    let s = text.trim();
+    let bare = s
+        .strip_prefix("*:")
+        .or_else(|| s.strip_prefix(':'))
+        .unwrap_or(s);
+    if let Ok(port) = bare.parse::<u16>() {
+        return Ok(Parsed::AnyInterface(port));
+    }
+    if bare != s {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid port in {s:?}"),
+        ));
+    }
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(Parsed::Literal(addr));
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(Parsed::Host(s))
+        }
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not an address of the form HOST:PORT, INTF:PORT or PORT: {s:?}"),
+        )),
+    }
+}
+
 impl ToListenAddrs for str {
     fn to_listen_addrs(&self) -> io::Result<Vec<SocketAddr>> {
-        let s = self.trim();
-        let bare = s
-            .strip_prefix("*:")
-            .or_else(|| s.strip_prefix(':'))
-            .unwrap_or(s);
-        if let Ok(port) = bare.parse::<u16>() {
-            return Ok(any_interface(port));
-        }
-        if bare != s {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("invalid port in {s:?}"),
-            ));
-        }
-        Ok(s.to_socket_addrs()?.collect())
+        Ok(match parse(self)? {
+            Parsed::AnyInterface(port) => any_interface(port),
+            Parsed::Literal(addr) => vec![addr],
+            Parsed::Host(host) => host.to_socket_addrs()?.collect(),
+        })
     }
 }
 
