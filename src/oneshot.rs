@@ -110,20 +110,30 @@ pub(crate) struct Reclaim<T> {
     slot: Arc<Slot<T>>,
 }
 
-impl<T> Reclaim<T> {
-    /// Whether the value was taken, or the receiver is gone (so `take_back` decides).
-    pub(crate) fn is_settled(&self) -> bool {
-        let state = self.slot.lock();
-        state.value.is_none() || state.receiver_gone
-    }
+/// Where a delivered value stands, as its sender sees it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Settled<T> {
+    /// The receiver may still take it.
+    Pending,
+    /// The receiver took it.
+    Taken,
+    /// The receiver was dropped without taking it: here it is back.
+    Returned(T),
+}
 
-    /// The value, if the receiver was dropped without taking it.
-    pub(crate) fn take_back(&self) -> Option<T> {
+impl<T> Reclaim<T> {
+    /// Decides, under one lock, whether the value is still pending, was taken, or comes
+    /// back because its receiver was dropped: a receiver dropped between two separate
+    /// looks could otherwise take the value with it.
+    pub(crate) fn settle(&self) -> Settled<T> {
         let mut state = self.slot.lock();
-        if state.receiver_gone {
-            state.value.take()
-        } else {
-            None
+        match state.value.take() {
+            None => Settled::Taken,
+            Some(value) if state.receiver_gone => Settled::Returned(value),
+            Some(value) => {
+                state.value = Some(value);
+                Settled::Pending
+            }
         }
     }
 }
@@ -254,17 +264,14 @@ mod tests {
     fn a_value_never_taken_can_be_reclaimed() {
         let (tx, rx) = channel();
         let reclaim = tx.send_reclaimable(5).unwrap();
-        assert!(!reclaim.is_settled());
-        assert_eq!(reclaim.take_back(), None, "the receiver may still take it");
+        assert_eq!(reclaim.settle(), Settled::Pending, "the receiver may still take it");
         drop(rx);
-        assert!(reclaim.is_settled());
-        assert_eq!(reclaim.take_back(), Some(5));
+        assert_eq!(reclaim.settle(), Settled::Returned(5));
 
         let (tx, rx) = channel();
         let reclaim = tx.send_reclaimable(6).unwrap();
         assert_eq!(rx.recv(), Ok(6));
-        assert!(reclaim.is_settled());
-        assert_eq!(reclaim.take_back(), None);
+        assert_eq!(reclaim.settle(), Settled::Taken);
     }
 
     /// The complete/drop race: a value sent while its receiver is being dropped is either
@@ -284,10 +291,11 @@ mod tests {
             let reclaim = tx.send_reclaimable(round);
             let received = receiver.join().unwrap();
             let reclaimed = match &reclaim {
-                Ok(reclaim) => {
-                    assert!(reclaim.is_settled(), "the receiver is gone");
-                    reclaim.take_back()
-                }
+                Ok(reclaim) => match reclaim.settle() {
+                    Settled::Returned(value) => Some(value),
+                    Settled::Taken => None,
+                    Settled::Pending => panic!("the receiver is gone"),
+                },
                 Err(value) => Some(*value),
             };
             let seen = usize::from(received.is_some()) + usize::from(reclaimed.is_some());

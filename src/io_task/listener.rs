@@ -329,9 +329,16 @@ pub(crate) struct ConnectionGuard {
 }
 
 impl ConnectionGuard {
-    fn new(listener: Arc<ListenerState>) -> ConnectionGuard {
-        listener.num_connections.fetch_add(1, Ordering::SeqCst);
-        ConnectionGuard { listener }
+    /// Takes a place for one more connection, unless `max_connections` are open.
+    fn reserve(listener: &Arc<ListenerState>) -> Option<ConnectionGuard> {
+        let max = listener.config.max_connections.unwrap_or(usize::MAX);
+        listener
+            .num_connections
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .ok()?;
+        Some(ConnectionGuard {
+            listener: listener.clone(),
+        })
     }
 }
 
@@ -480,7 +487,10 @@ impl EventLoop {
             if state.paused.load(Ordering::SeqCst) {
                 break;
             }
-            if !state.has_room() {
+            // The connection's place under `max_connections` is taken before the accept, so
+            // that loops sharing the listener cannot both take the last one; dropping the
+            // guard unused gives it back.
+            let Some(guard) = ConnectionGuard::reserve(&state) else {
                 // At the limit: stop asking (the kernel backlog holds the rest) until one of
                 // this listener's connections closes.
                 if let Some(Entry::Listener(l)) = self.get(key) {
@@ -489,7 +499,7 @@ impl EventLoop {
                 self.update_listener_interest(key);
                 state.mark_limited();
                 return;
-            }
+            };
             let Some(Entry::Listener(l)) = self.get(key) else {
                 return;
             };
@@ -516,7 +526,6 @@ impl EventLoop {
                         // A failure leaves the family's option unset; the socket still works.
                         let _ = setup(&socket);
                     }
-                    let guard = ConnectionGuard::new(state.clone());
                     let socket = Arc::new(socket);
                     let writes = Arc::new(WriteState::new());
                     let stream_key = self.insert_stream(

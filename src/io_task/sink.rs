@@ -53,14 +53,16 @@ impl std::fmt::Debug for Sink {
 
 impl Sink {
     /// Whether the reader behind this sink is gone, so that a new reader may take its place.
-    /// A `Delivered` sink is gone once its chunk was taken or given back (see `reclaim`).
+    /// A `Delivered` sink never is: only `StreamEntry::reclaim` settles it (under one lock,
+    /// taking back a chunk its future dropped), so a future dropped between two looks cannot
+    /// take its chunk with it.
     pub(crate) fn is_abandoned(&self) -> bool {
         match self {
             Sink::None => true,
             Sink::Port { tx, .. } => tx.is_disconnected(),
             Sink::Mailbox { inbox, .. } => inbox.is_closed(),
             Sink::Once { tx, .. } => tx.is_canceled(),
-            Sink::Delivered(reclaim) => reclaim.is_settled(),
+            Sink::Delivered(_) => false,
         }
     }
 

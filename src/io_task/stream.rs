@@ -17,6 +17,7 @@ use crate::io_task::sink::{Chunk, Delivery, Sink};
 use crate::io_task::sys::{self, recv_spare};
 use crate::io_task::timers::{Timer, deadline_after};
 use crate::io_task::writes::{QUEUED_CLOSED, WriteState};
+use crate::oneshot::Settled;
 
 /// Reads of a full buffer per stream per cycle before other streams get a turn.
 const READS_PER_CYCLE: usize = 4;
@@ -50,6 +51,10 @@ pub(crate) struct StreamEntry {
     pub(crate) writes: VecDeque<PendingWrite>,
     /// Set after a write failed: every later write fails with it, and `writes` is empty.
     pub(crate) write_error: Option<Error>,
+    /// Set when a send failed on a broken connection (a reset, a timeout). The failed send
+    /// consumed the socket's pending error, after which `recv` reports a plain end; the
+    /// reader gets this error instead of `EOF`, which would claim the peer closed cleanly.
+    pub(crate) broken: Option<Error>,
     /// Set when the user dropped the stream: close as soon as `writes` is empty. A closing
     /// stream takes no more commands (`EventLoop::stream` does not return it).
     pub(crate) closing: bool,
@@ -336,7 +341,8 @@ impl EventLoop {
             };
             match recv_spare(s.reg.socket(), &mut self.buf) {
                 Ok(0) => {
-                    self.end_reading(key, Error::eof());
+                    let end = s.broken.take().unwrap_or_else(Error::eof);
+                    self.end_reading(key, end);
                     break;
                 }
                 Ok(n) => {
@@ -463,7 +469,22 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.fail_writes(key, Error::from(e));
+                    let error = Error::from(e);
+                    // `EPIPE` is left out: it also follows a write after our own
+                    // `shutdown_write`, when the connection is not broken at all.
+                    let broken = matches!(
+                        error.kind(),
+                        io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::HostUnreachable
+                            | io::ErrorKind::NetworkUnreachable
+                            | io::ErrorKind::NetworkDown
+                    );
+                    if let Some(s) = self.any_stream(key).filter(|_| broken) {
+                        s.broken = Some(error.clone());
+                    }
+                    self.fail_writes(key, error);
                     break;
                 }
             }
@@ -606,6 +627,7 @@ impl StreamEntry {
             paused: false,
             writes: VecDeque::new(),
             write_error: None,
+            broken: None,
             closing: false,
             lingering: false,
             dirty: false,
@@ -623,11 +645,15 @@ impl StreamEntry {
         let Sink::Delivered(reclaim) = &self.sink else {
             return;
         };
-        if let Some(Ok(data)) = reclaim.take_back() {
-            self.stash.push_front(Ok(data));
-        }
-        if reclaim.is_settled() {
-            self.sink = Sink::None;
+        match reclaim.settle() {
+            Settled::Pending => {}
+            Settled::Taken => self.sink = Sink::None,
+            Settled::Returned(chunk) => {
+                if let Ok(data) = chunk {
+                    self.stash.push_front(Ok(data));
+                }
+                self.sink = Sink::None;
+            }
         }
     }
 

@@ -122,7 +122,9 @@ impl<F: Family> KillChan<F> {
     }
 
     /// Connections accepted from this listener and still open (including those handed to
-    /// `new_connect` but not yet accepted, and those being drained after a close).
+    /// `new_connect` but not yet accepted, and those being drained after a close). While an
+    /// I/O task calls `accept(2)`, the place it reserved for the connection counts too, for
+    /// that instant, so that loops sharing the listener never exceed `max_connections`.
     pub fn num_connections(&self) -> usize {
         self.state.num_connections()
     }

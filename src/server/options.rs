@@ -71,8 +71,8 @@ pub enum PoolListener {
     Shared,
 }
 
-/// A function told about a panic in `new_connect`: the client's address (when still known)
-/// and the panic's message.
+/// A function told about a panic in `new_connect`: the client's internet address (when
+/// still known; `None` for Unix-domain clients) and the panic's message.
 pub type HandlerErrorFn = Arc<dyn Fn(Option<SocketAddr>, &str) + Send + Sync>;
 
 /// What happens when `new_connect` panics (OCaml Async's `on_handler_error`).
@@ -86,7 +86,8 @@ pub enum OnHandlerError {
     Raise,
     /// Report the panic on standard error and go on accepting.
     Ignore,
-    /// Call the function with the client's address (when it was still known) and the panic's
+    /// Call the function with the client's address (when it was still known; always `None`
+    /// on a Unix-domain listener, whose clients are usually unnamed) and the panic's
     /// message, then go on accepting. If the function itself panics, the listener stops as
     /// with `Raise`.
     Call(HandlerErrorFn),
