@@ -6,7 +6,9 @@
 //!   duplication arrive byte-exact (pattern and checksum);
 //! - a transfer survives a 3 s blackout and completes byte-exact;
 //! - on a link cut for good, a pending write on a socket with `TCP_USER_TIMEOUT` and a read
-//!   on an idle socket with keepalive end with the kernel's `ETIMEDOUT` within their bound.
+//!   on an idle socket with keepalive end with the kernel's `ETIMEDOUT` within their bound
+//!   (the writing socket's read port ends with `EOF` instead: a library bug, whose test is
+//!   ignored until it is fixed; RELIABILITY.md describes it).
 //!
 //! A binary of its own: it makes namespaces and moves threads into them. Its tests take a
 //! lock so that they run one at a time (their timings would disturb each other). It needs

@@ -132,7 +132,8 @@ fn thread_netns(which: &str) -> Option<u64> {
         .map(|m| m.ino())
 }
 
-/// The inode of the namespace the process started in, to tell it apart from the test's.
+/// The inode of this process's network namespace; `None` when `/proc` does not show
+/// namespaces, and so the test could not check where its threads are.
 pub fn initial_netns() -> Option<u64> {
     thread_netns("self")
 }
