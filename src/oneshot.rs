@@ -264,7 +264,11 @@ mod tests {
     fn a_value_never_taken_can_be_reclaimed() {
         let (tx, rx) = channel();
         let reclaim = tx.send_reclaimable(5).unwrap();
-        assert_eq!(reclaim.settle(), Settled::Pending, "the receiver may still take it");
+        assert_eq!(
+            reclaim.settle(),
+            Settled::Pending,
+            "the receiver may still take it"
+        );
         drop(rx);
         assert_eq!(reclaim.settle(), Settled::Returned(5));
 

@@ -334,7 +334,9 @@ impl ConnectionGuard {
         let max = listener.config.max_connections.unwrap_or(usize::MAX);
         listener
             .num_connections
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()?;
         Some(ConnectionGuard {
             listener: listener.clone(),

@@ -4,10 +4,12 @@
 //!
 //! Tests run as threads of this one process, so none here may depend on process-wide state.
 //! Those that do have binaries of their own next to this directory: `core_fd_leaks.rs` and
-//! `core_generation.rs` count the process's descriptors, and `accept_emfile.rs` lowers
-//! `RLIMIT_NOFILE` in a child process that re-runs its own binary. The reliability cases that count,
-//! raise or lower descriptors, read resident memory or send signals are in
-//! `reliability_load.rs` and `reliability_signals.rs`; `reliability_faults` here holds the rest.
+//! `core_generation.rs` count the process's descriptors, `accept_emfile.rs` lowers
+//! `RLIMIT_NOFILE` in a child process that re-runs its own binary, `lossy_link.rs` moves
+//! threads into network namespaces it creates, and `sequence_fuzz.rs` counts descriptors
+//! around its sequences. The reliability cases that count, raise or lower descriptors, read
+//! resident memory or send signals are in `reliability_load.rs` and
+//! `reliability_signals.rs`; `reliability_faults` here holds the rest.
 
 // Two examples each include `examples/echo_actor.rs` (`async_interop`, `demo`) and two include
 // `examples/support/actor_server.rs` (`http`, `kv`), by `#[path]` from the example files
