@@ -13,7 +13,15 @@
 #   ROUNDS=1 DURATION=0.5 bench/compare.sh 50f1db0               # a smoke run
 #
 # Environment: ROUNDS (3), LAYOUT (pinned|unpinned|both; both), DURATION (seconds measured
-# per scenario and peer; the harness's 2 s when unset), COMPARE_OUT (target/compare).
+# per scenario and peer; the harness's 2 s when unset), COMPARE_OUT (target/compare),
+# SYSCALLS=1 to count system calls and context switches too (slower), and OLD_BIN/NEW_BIN to
+# compare two bench binaries already built instead of two revisions (OLD_REV then only names
+# the old one), for example the epoll and the `polling` backend of one tree:
+#
+#   RUSTFLAGS="--cfg iotask_force_polling" CARGO_TARGET_DIR=target/polling \
+#       cargo build --release -p iotask-bench
+#   OLD_BIN=target/release/iotask-bench NEW_BIN=target/polling/release/iotask-bench \
+#       SYSCALLS=1 bench/compare.sh epoll S1,S2
 # Scenarios must be known to both binaries (50f1db0's bench knows S1 … S7, not S2U).
 # Every harness report, log and the tables go to COMPARE_OUT/run-DATE/.
 set -euo pipefail
@@ -34,10 +42,16 @@ case "$layout" in pinned | unpinned | both) ;; *)
     ;;
 esac
 
-old_sha=$(git rev-parse --verify --quiet "$old_rev^{commit}") ||
-    { echo "compare.sh: $old_rev is not a commit" >&2; exit 2; }
-old_name=$(git rev-parse --short "$old_sha")
-new_name=$(git describe --always --dirty)
+if [ -n "${OLD_BIN:-}" ]; then
+    old_sha=$old_rev
+    old_name=$old_rev
+    new_name=$(basename "$(dirname "$(dirname "${NEW_BIN:?NEW_BIN goes with OLD_BIN}")")")
+else
+    old_sha=$(git rev-parse --verify --quiet "$old_rev^{commit}") ||
+        { echo "compare.sh: $old_rev is not a commit" >&2; exit 2; }
+    old_name=$(git rev-parse --short "$old_sha")
+    new_name=$(git describe --always --dirty)
+fi
 run_dir="$out/run-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$run_dir"
 out=$(cd "$out" && pwd)
@@ -50,17 +64,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "compare.sh: building the bench at $old_name (old) in a temporary worktree" >&2
-git worktree add --quiet --detach "$tree/src" "$old_sha"
-(cd "$tree/src" && CARGO_TARGET_DIR="$out/target-old" cargo build --release --locked -p iotask-bench)
-cp "$out/target-old/release/iotask-bench" "$run_dir/bench-old"
-echo "compare.sh: building the bench of the current tree, $new_name (new)" >&2
-cargo build --release -p iotask-bench
-# Copies, so that a build during the run does not change what is measured.
-cp target/release/iotask-bench "$run_dir/bench-new"
+if [ -n "${OLD_BIN:-}" ]; then
+    cp "$OLD_BIN" "$run_dir/bench-old"
+    cp "$NEW_BIN" "$run_dir/bench-new"
+else
+    echo "compare.sh: building the bench at $old_name (old) in a temporary worktree" >&2
+    git worktree add --quiet --detach "$tree/src" "$old_sha"
+    (cd "$tree/src" && CARGO_TARGET_DIR="$out/target-old" cargo build --release --locked -p iotask-bench)
+    cp "$out/target-old/release/iotask-bench" "$run_dir/bench-old"
+    echo "compare.sh: building the bench of the current tree, $new_name (new)" >&2
+    cargo build --release -p iotask-bench
+    # Copies, so that a build during the run does not change what is measured.
+    cp target/release/iotask-bench "$run_dir/bench-new"
+fi
 
-args=(--scenarios "$scenarios" --peers "$peers" --layout "$layout" --rounds 1 --no-syscalls
+args=(--scenarios "$scenarios" --peers "$peers" --layout "$layout" --rounds 1
     --out-svg /dev/null)
+[ "${SYSCALLS:-}" = 1 ] || args+=(--no-syscalls)
 [ -n "$duration" ] && args+=(--duration "$duration")
 {
     echo "old: $old_sha ($old_rev)"
