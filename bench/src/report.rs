@@ -37,7 +37,7 @@ pub struct Run {
     pub layouts: Vec<Layout>,
     /// Every measurement.
     pub records: Vec<Record>,
-    /// S2 and S2U system-call counts.
+    /// S1, S2 and S2U system-call counts.
     pub syscalls: Vec<(Peer, Scenario, Layout, SyscallReport)>,
     /// Remarks for the reader (reduced sizes, failed measurements).
     pub notes: Vec<String>,
@@ -391,8 +391,8 @@ impl Run {
         let _ = writeln!(
             md,
             "### {}: server system calls and context switches per message\n\n\
-             Counted on a fresh server under S2's load (S2U: the same over a Unix-domain \
-             socket) in a window of {:.1} s, separate from the \
+             Counted on a fresh server under the scenario's load (S1: one connection; S2: \
+             50; S2U: S2's over a Unix-domain socket) in a window of {:.1} s, separate from the \
              throughput rounds, with `perf stat -I 100 -e raw_syscalls:sys_enter,\
              context-switches,syscalls:sys_enter_<name>… -p PID` (tracepoint counters: the \
              server keeps its pace), or with `strace -c -f -p PID` where perf could not count \

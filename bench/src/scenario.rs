@@ -132,7 +132,7 @@ impl Scenario {
 
     /// Whether the harness counts the servers' system calls in this scenario (when asked).
     pub fn counts_syscalls(self) -> bool {
-        matches!(self, Scenario::S2 | Scenario::S2U)
+        matches!(self, Scenario::S1 | Scenario::S2 | Scenario::S2U)
     }
 
     /// The peer ratios are taken against.
@@ -416,7 +416,7 @@ fn idle(addr: std::net::SocketAddr, pid: u32, n: usize) -> io::Result<Metrics> {
     })
 }
 
-/// The system-call counts of one peer under S2's load (or S2U's).
+/// The system-call counts of one peer under S1's, S2's or S2U's load.
 #[derive(Debug, Clone, Default)]
 pub struct SyscallReport {
     /// From `perf stat` (preferred: it barely slows the server).
@@ -436,9 +436,9 @@ impl SyscallReport {
     }
 }
 
-/// Runs S2's load (over `scenario`'s transport: S2 or S2U) on a fresh server and, after the
-/// warm-up, counts its system calls in a window separate from the throughput rounds: with
-/// perf, or else strace.
+/// Runs the scenario's load (S1: one connection; S2: 50; S2U: S2 over a Unix-domain socket)
+/// on a fresh server and, after the warm-up, counts its system calls in a window separate
+/// from the throughput rounds: with perf, or else strace.
 pub fn count_syscalls(
     peer: Peer,
     scenario: Scenario,
@@ -451,7 +451,7 @@ pub fn count_syscalls(
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(AtomicU64::new(0));
     let load = StreamLoad {
-        conns: 50,
+        conns: if scenario == Scenario::S1 { 1 } else { 50 },
         msg_size: 64,
         depth: 1,
         warmup: Duration::ZERO,
