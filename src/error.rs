@@ -19,6 +19,7 @@ use std::io;
 /// | `"CLOSED"`   | `NotConnected`       | the socket was closed on this side (dropped)              |
 /// | `"SHUTDOWN"` | `ConnectionAborted`  | the I/O task was shut down                               |
 /// | `"BUSY"`     | `ResourceBusy`       | reads are already being delivered somewhere else          |
+/// | `"ABORTED"`  | `ConnectionAborted`  | the socket was reset on this side (`abort`)               |
 ///
 /// `Error` is cheap to clone and converts to and from [`std::io::Error`]; the round trip
 /// keeps its name (an `Error` turned into an `io::Error` and back is the same `Error`).
@@ -88,6 +89,14 @@ impl Error {
         Error::new(
             "SHUTDOWN",
             "the i/o task was shut down",
+            io::ErrorKind::ConnectionAborted,
+        )
+    }
+
+    pub(crate) fn aborted() -> Error {
+        Error::new(
+            "ABORTED",
+            "the connection was reset on this side",
             io::ErrorKind::ConnectionAborted,
         )
     }

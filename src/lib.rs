@@ -119,3 +119,45 @@ fn _assert_auto_traits() {
     send_sync::<MailboxSender<String>>();
     send_sync::<tcp::TcpError>();
 }
+
+#[cfg(test)]
+mod tests {
+    //! Tests of the engine that drive it through the public API, which the engine itself
+    //! does not name.
+
+    use std::time::Duration;
+
+    use crate::error::Error;
+    use crate::io_task::command::Command;
+    use crate::{Event, IoTask, Mailbox, tcp};
+
+    #[test]
+    fn a_loop_that_panics_fails_every_caller_and_marks_the_task_stopped() {
+        let iotask = IoTask::spawn().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = tcp::connect(listener.local_addr().unwrap(), &iotask).unwrap();
+        let (_peer, _) = listener.accept().unwrap();
+        let port = sock.read_start().unwrap();
+        let other = tcp::connect(listener.local_addr().unwrap(), &iotask).unwrap();
+        let _other_peer = listener.accept().unwrap();
+        let pending_read = other.read_future(Duration::from_secs(3600));
+        let mut mailbox: Mailbox = Mailbox::new();
+        let third = tcp::connect(listener.local_addr().unwrap(), &iotask).unwrap();
+        let _accepted = listener.accept().unwrap();
+        third.attach(&mailbox).unwrap();
+
+        iotask.shared().send(Command::Panic).unwrap();
+        let shutdown = |e: Error| assert_eq!(e.name(), "SHUTDOWN");
+        shutdown(port.recv_timeout(Duration::from_secs(10)).unwrap_err());
+        shutdown(pending_read.get().unwrap_err());
+        match mailbox.recv_timeout(Duration::from_secs(10)) {
+            Some(Event::Closed { error, .. }) => shutdown(error),
+            other => panic!("expected the attached socket closed, got {other:?}"),
+        }
+        assert!(!iotask.is_running());
+        shutdown(sock.write(b"late".to_vec()).unwrap_err());
+        let addr = listener.local_addr().unwrap();
+        assert!(tcp::connect(addr, &iotask).is_err());
+        iotask.shutdown();
+    }
+}

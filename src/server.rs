@@ -41,7 +41,7 @@ use std::sync::Arc;
 use socket2::Socket;
 
 pub use kill::{CloseMode, KillChan};
-pub use options::{HandlerErrorFn, ListenOptions, OnHandlerError, PoolListener};
+pub use options::{HandlerErrorFn, Keepalive, ListenOptions, OnHandlerError, PoolListener};
 pub use running::Server;
 
 use crate::IoTask;
@@ -307,11 +307,12 @@ impl<F: Family> Listener<F> {
         mut self,
         target: impl Fn(usize) -> AcceptTarget,
     ) -> Result<(Arc<ListenerState>, F::Addr), ListenError> {
+        let setup = accepted_setup(self.setup.take(), &self.options);
         let state = Arc::new(ListenerState::new(AcceptConfig {
             max_connections: self.options.max_connections,
             max_accepts_per_batch: self.options.max_accepts_per_batch,
             write_window: self.options.write_window,
-            setup: self.setup,
+            setup,
             kind: if <F as crate::stream::sealed::Sealed>::UNIX {
                 StreamKind::Unix
             } else {
@@ -351,6 +352,26 @@ impl<F: Family> fmt::Debug for Listener<F> {
             .field("tasks", &self.tasks.len())
             .finish()
     }
+}
+
+/// The preparation of each accepted socket: the family's own (`TCP_NODELAY`, keepalive),
+/// then the buffer sizes `options` ask for. Each option is tried even when one before it
+/// failed; the first failure is reported (and ignored by the loop: the socket still works).
+fn accepted_setup(family: Option<SetupFn>, options: &ListenOptions) -> Option<SetupFn> {
+    let (send, recv) = (options.send_buffer_size, options.recv_buffer_size);
+    if send.is_none() && recv.is_none() {
+        return family;
+    }
+    Some(Arc::new(move |socket: &Socket| {
+        let mut result = family.as_ref().map_or(Ok(()), |f| f(socket));
+        if let Some(n) = send {
+            result = result.and(socket.set_send_buffer_size(n));
+        }
+        if let Some(n) = recv {
+            result = result.and(socket.set_recv_buffer_size(n));
+        }
+        result
+    }))
 }
 
 /// The internet address among a family's addresses (handler-error callbacks take one).

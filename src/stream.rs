@@ -352,13 +352,219 @@ impl<F: Family> Stream<F> {
     }
 
     /// Shuts down the writing half: the peer reads EOF after the bytes already written.
-    /// Writes queued before this call are flushed first.
+    /// Writes queued before this call are flushed first (this waits for them), never cut
+    /// short. Callable from any thread that holds the socket.
     ///
     /// # Errors
     ///
     /// As the writes queued before it.
     pub fn shutdown_write(&self) -> Result<(), Error> {
         self.raw.shutdown_write()
+    }
+
+    /// Shuts down the reading half: the reader (a port, a future, a mailbox) gets the end of
+    /// the stream (`"EOF"`) after what it was already given, and a thread blocked on it wakes;
+    /// bytes still in the kernel are discarded. Callable from any thread that holds the
+    /// socket.
+    ///
+    /// # Errors
+    ///
+    /// `"CLOSED"` or `"SHUTDOWN"` when the socket or the I/O task is gone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use iotask::tcp;
+    /// # let iotask = iotask::IoTask::spawn()?;
+    /// # let server = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let sock = std::sync::Arc::new(tcp::connect(server.local_addr()?, &iotask)?);
+    /// let port = sock.read_start()?;
+    /// let reader = std::thread::spawn(move || port.recv());
+    /// sock.shutdown_read()?; // from another thread: the blocked reader wakes
+    /// assert!(reader.join().unwrap().unwrap_err().is_eof());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn shutdown_read(&self) -> Result<(), Error> {
+        self.raw.shutdown_read()
+    }
+
+    /// Shuts down both halves: the writing half after the queued writes (as
+    /// [`shutdown_write`](Stream::shutdown_write)), then the reading half (as
+    /// [`shutdown_read`](Stream::shutdown_read)).
+    ///
+    /// # Errors
+    ///
+    /// As the writes queued before it; the reading half is shut down even then.
+    pub fn shutdown(&self) -> Result<(), Error> {
+        let written = self.shutdown_write();
+        let read = self.shutdown_read();
+        written.and(read)
+    }
+
+    /// Resets the connection now (TCP sends a reset; a Unix-domain socket is shut down):
+    /// queued writes are discarded and fail with `"ABORTED"`, as does the reader, and every
+    /// later operation fails. Callable from any thread that holds the socket.
+    ///
+    /// # Errors
+    ///
+    /// `"CLOSED"` or `"SHUTDOWN"` when the socket or the I/O task is gone already.
+    pub fn abort(&self) -> Result<(), Error> {
+        self.raw.abort()
+    }
+
+    /// Reads exactly `n` bytes, waiting at most `timeout` in all.
+    ///
+    /// Bytes beyond the `n`th that came in the same chunk stay for the next read. Nothing is
+    /// lost on failure either: what was read before a timeout or the end of the stream is
+    /// put back in front of the socket's next read.
+    ///
+    /// # Errors
+    ///
+    /// `"ETIMEDOUT"` when the bytes did not all come in time, `"EOF"` when the stream ended
+    /// first, `"BUSY"` while another reader receives this socket's reads, or the socket's
+    /// read error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use iotask::tcp;
+    /// # let iotask = iotask::IoTask::spawn()?;
+    /// # let server = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// # let sock = tcp::connect(server.local_addr()?, &iotask)?;
+    /// # let (mut peer, _) = server.accept()?;
+    /// std::io::Write::write_all(&mut peer, b"headerbody")?;
+    /// assert_eq!(sock.read_exact(6, Duration::from_secs(5))?, b"header");
+    /// assert_eq!(sock.read_exact(4, Duration::from_secs(5))?, b"body");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn read_exact(&self, n: usize, timeout: Duration) -> Result<Vec<u8>, Error> {
+        self.read_until(timeout, |got, _| got.len() >= n, Some(n))
+    }
+
+    /// Reads until the peer closes its side, at most `limit` bytes, waiting at most
+    /// `timeout` in all.
+    ///
+    /// # Errors
+    ///
+    /// `"ETIMEDOUT"` when the stream did not end in time and `"EMSGSIZE"` when more than
+    /// `limit` bytes came (what was read is then put back in front of the next read, so
+    /// nothing is lost); `"BUSY"` while another reader receives this socket's reads; the
+    /// socket's read error.
+    pub fn read_to_end(&self, limit: usize, timeout: Duration) -> Result<Vec<u8>, Error> {
+        self.read_until(timeout, |got, ended| ended || got.len() > limit, None)
+            .and_then(|got| {
+                if got.len() > limit {
+                    self.raw.unread(got);
+                    Err(Error::new(
+                        "EMSGSIZE",
+                        "the stream is longer than the limit",
+                        std::io::ErrorKind::InvalidData,
+                    ))
+                } else {
+                    Ok(got)
+                }
+            })
+    }
+
+    /// Reads through a port until `done(bytes, ended)`; then takes back what the port still
+    /// holds and, when `exact` is given, puts back the bytes past it. On an error other than
+    /// the end of the stream (`done` decides whether that end is one), puts everything back.
+    fn read_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[u8], bool) -> bool,
+        exact: Option<usize>,
+    ) -> Result<Vec<u8>, Error> {
+        let deadline = deadline_after(timeout);
+        let port = self.read_start()?;
+        let mut got = Vec::new();
+        let outcome = loop {
+            if done(&got, false) {
+                break Ok(());
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            let next = match left {
+                Some(left) => port.recv_timeout(left),
+                None => port.recv(),
+            };
+            match next {
+                Ok(chunk) => got.extend_from_slice(&chunk),
+                Err(e) if e.is_eof() && done(&got, true) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        // Whatever the port still holds goes back to the socket, ahead of newer bytes.
+        let stopped = self.read_stop(port);
+        match outcome {
+            Ok(()) => {
+                if let Some(n) = exact.filter(|&n| got.len() > n) {
+                    self.raw.unread(got.split_off(n));
+                }
+                stopped.map(|()| got)
+            }
+            Err(e) => {
+                if !got.is_empty() {
+                    self.raw.unread(got);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `SO_SNDBUF`: the kernel's send buffer for this socket, in bytes.
+    ///
+    /// # Errors
+    ///
+    /// As `getsockopt(2)`.
+    pub fn send_buffer_size(&self) -> std::io::Result<usize> {
+        self.raw.socket().send_buffer_size()
+    }
+
+    /// Sets `SO_SNDBUF` (the kernel may round or double it).
+    ///
+    /// # Errors
+    ///
+    /// As `setsockopt(2)`.
+    pub fn set_send_buffer_size(&self, bytes: usize) -> std::io::Result<()> {
+        self.raw.socket().set_send_buffer_size(bytes)
+    }
+
+    /// `SO_RCVBUF`: the kernel's receive buffer for this socket, in bytes.
+    ///
+    /// # Errors
+    ///
+    /// As `getsockopt(2)`.
+    pub fn recv_buffer_size(&self) -> std::io::Result<usize> {
+        self.raw.socket().recv_buffer_size()
+    }
+
+    /// Sets `SO_RCVBUF` (the kernel may round or double it).
+    ///
+    /// # Errors
+    ///
+    /// As `setsockopt(2)`.
+    pub fn set_recv_buffer_size(&self, bytes: usize) -> std::io::Result<()> {
+        self.raw.socket().set_recv_buffer_size(bytes)
+    }
+}
+
+/// The socket's descriptor, for options and queries iotask has no method for (`getsockopt`,
+/// `setsockopt`, `fstat`). Only the I/O task may read, write, close or change the
+/// blocking mode of it: doing so would break the loop's invariants.
+#[cfg(unix)]
+impl<F: Family> std::os::fd::AsFd for Stream<F> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.raw.socket().as_fd()
+    }
+}
+
+/// As [`AsFd`](std::os::fd::AsFd): the descriptor is the I/O task's to read and write.
+#[cfg(unix)]
+impl<F: Family> std::os::fd::AsRawFd for Stream<F> {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.raw.socket().as_raw_fd()
     }
 }
 

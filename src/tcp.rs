@@ -13,6 +13,7 @@
 mod addr;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -21,11 +22,14 @@ pub use addr::ToListenAddrs;
 
 pub use crate::error::{ConnectError, ListenError};
 #[doc(no_inline)]
-pub use crate::server::{CloseMode, HandlerErrorFn, ListenOptions, OnHandlerError, PoolListener};
+pub use crate::server::{
+    CloseMode, HandlerErrorFn, Keepalive, ListenOptions, OnHandlerError, PoolListener,
+};
 #[doc(no_inline)]
 pub use crate::stream::{ReadFuture, ReadPort, WriteFuture};
 
 use crate::error::Error;
+use crate::io_task::command::SetupFn;
 use crate::io_task::{handle, sys};
 use crate::mailbox::MailboxSender;
 use crate::pool::IoPool;
@@ -98,6 +102,103 @@ impl Stream<Tcp> {
             iotask.shared(),
             Socket::from(stream),
         )?))
+    }
+
+    /// Sets or clears `TCP_NODELAY`.
+    ///
+    /// # Errors
+    ///
+    /// As `setsockopt(2)`.
+    pub fn set_nodelay(&self, nodelay: bool) -> std::io::Result<()> {
+        self.raw().socket().set_tcp_nodelay(nodelay)
+    }
+
+    /// Whether `SO_KEEPALIVE` is on.
+    ///
+    /// # Errors
+    ///
+    /// As `getsockopt(2)`.
+    pub fn keepalive(&self) -> std::io::Result<bool> {
+        self.raw().socket().keepalive()
+    }
+
+    /// Turns TCP keepalive on with these timings, or off with `None`: a peer that vanished
+    /// then ends the connection with `"ETIMEDOUT"` instead of leaving it open for ever.
+    ///
+    /// # Errors
+    ///
+    /// As `setsockopt(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// use iotask::tcp::{self, Keepalive};
+    /// # let iotask = iotask::IoTask::spawn()?;
+    /// # let server = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let sock = tcp::connect(server.local_addr()?, &iotask)?;
+    /// sock.set_keepalive(Some(Keepalive::new(Duration::from_secs(30)).retries(4)))?;
+    /// assert!(sock.keepalive()?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_keepalive(&self, keepalive: Option<Keepalive>) -> std::io::Result<()> {
+        let socket = self.raw().socket();
+        match keepalive {
+            Some(k) => socket.set_tcp_keepalive(&k.to_socket2()),
+            None => socket.set_keepalive(false),
+        }
+    }
+
+    /// `SO_LINGER`, in whole seconds (`None`: off, the default).
+    ///
+    /// # Errors
+    ///
+    /// As `getsockopt(2)`.
+    pub fn linger(&self) -> std::io::Result<Option<Duration>> {
+        self.raw().socket().linger()
+    }
+
+    /// Sets `SO_LINGER`. `Some(Duration::ZERO)` makes dropping the socket reset the
+    /// connection at once, discarding queued writes, instead of iotask's graceful close
+    /// (flush, then wait for the peer); a longer linger bounds how long the kernel keeps
+    /// sending after the descriptor is closed.
+    ///
+    /// # Errors
+    ///
+    /// As `setsockopt(2)`.
+    pub fn set_linger(&self, linger: Option<Duration>) -> std::io::Result<()> {
+        self.raw().socket().set_linger(linger)?;
+        self.raw()
+            .set_reset_on_close(linger == Some(Duration::ZERO));
+        Ok(())
+    }
+
+    /// The time-to-live of outgoing packets: `IP_TTL`, or the unicast hop limit on IPv6.
+    ///
+    /// # Errors
+    ///
+    /// As `getsockopt(2)`.
+    pub fn ttl(&self) -> std::io::Result<u32> {
+        let socket = self.raw().socket();
+        if self.local_addr()?.is_ipv6() {
+            socket.unicast_hops_v6()
+        } else {
+            socket.ttl_v4()
+        }
+    }
+
+    /// Sets the time-to-live of outgoing packets (the unicast hop limit on IPv6).
+    ///
+    /// # Errors
+    ///
+    /// As `setsockopt(2)`: `"EINVAL"` outside 1 to 255.
+    pub fn set_ttl(&self, ttl: u32) -> std::io::Result<()> {
+        let socket = self.raw().socket();
+        if self.local_addr()?.is_ipv6() {
+            socket.set_unicast_hops_v6(ttl)
+        } else {
+            socket.set_ttl_v4(ttl)
+        }
     }
 
     /// Whether `TCP_NODELAY` is set (iotask sets it on every socket it accepts or connects,
@@ -439,13 +540,32 @@ fn start_connect<A: std::net::ToSocketAddrs>(
         .map_err(resolve_error)?
         .map(SockAddr::from)
         .collect();
-    let rx = handle::connect(iotask.shared(), addrs, Some(set_nodelay), timeout);
+    let rx = handle::connect(iotask.shared(), addrs, Some(Arc::new(set_nodelay)), timeout);
     Ok(stream::ConnectFuture::new(rx))
 }
 
 /// Wraps a socket as a buffered reader and writer.
 pub fn socket_buf(sock: TcpSocket) -> TcpSocketBuf {
     TcpSocketBuf::new(sock)
+}
+
+/// The TCP options of every accepted socket: `TCP_NODELAY` unless told otherwise, and
+/// keepalive when asked for.
+fn accepted_setup(options: &ListenOptions) -> Option<SetupFn> {
+    let (nodelay, keepalive) = (options.nodelay, options.keepalive);
+    if !nodelay && keepalive.is_none() {
+        return None;
+    }
+    Some(Arc::new(move |socket: &Socket| {
+        let mut result = Ok(());
+        if nodelay {
+            result = result.and(set_nodelay(socket));
+        }
+        if let Some(keepalive) = keepalive {
+            result = result.and(socket.set_tcp_keepalive(&keepalive.to_socket2()));
+        }
+        result
+    }))
 }
 
 /// `TCP_NODELAY`, set on every connected socket and (unless told otherwise) every accepted
@@ -465,7 +585,7 @@ fn bind_tasks<A: ToListenAddrs>(
         && (options.pool_listener == PoolListener::Shared || !sys::reuse_port_spreads());
     let sockets = bind_all(&addrs, options, tasks.len(), shared)?;
     let local_addr = as_inet(&sockets[0].local_addr()?)?;
-    let setup = options.nodelay.then_some(set_nodelay as _);
+    let setup = accepted_setup(options);
     Ok(Listener::new(
         sockets,
         tasks.to_vec(),

@@ -21,11 +21,11 @@ use crate::oneshot;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
-/// A family's preparation of a socket it connected or accepted (`TCP_NODELAY`, say), run by
-/// the loop before the socket is served. A failure is ignored: the socket still works.
-pub(crate) type SetupFn = fn(&Socket) -> std::io::Result<()>;
+/// A family's preparation of a socket it connected or accepted (`TCP_NODELAY`, the
+/// listener's options), run by the loop before the socket is served. A failure is ignored:
+/// the socket still works.
+pub(crate) type SetupFn = Arc<dyn Fn(&Socket) -> std::io::Result<()> + Send + Sync>;
 
-#[derive(Debug)]
 pub(crate) enum Command {
     /// Serve a bound, listening, non-blocking socket; accepted connections go to `target`.
     AddListener {
@@ -93,6 +93,11 @@ pub(crate) enum Command {
     Write { key: Key, data: Vec<u8> },
     /// The reader drained its window: read the stream again.
     Resume(Key),
+    /// Shut down the receiving side: the reader gets the end of the stream after what was
+    /// already read; bytes still in the kernel are discarded.
+    ShutdownRead { key: Key, reply: Reply<()> },
+    /// Reset the connection now: queued writes and the reader fail with `ABORTED`.
+    Abort { key: Key, reply: Reply<()> },
     /// The user dropped the stream: flush what is queued, then close.
     Close(Key),
     /// Close everything and stop the loop.
@@ -101,4 +106,32 @@ pub(crate) enum Command {
     /// leaving them hanging.
     #[cfg(test)]
     Panic,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Only the variant: payloads hold sockets, channels and closures.
+        let name = match self {
+            Command::AddListener { .. } => "AddListener",
+            Command::CloseListener { .. } => "CloseListener",
+            Command::RecheckListener(_) => "RecheckListener",
+            Command::AddStream { .. } => "AddStream",
+            Command::Connect { .. } => "Connect",
+            Command::SetWriteWindow { .. } => "SetWriteWindow",
+            Command::ReadStart { .. } => "ReadStart",
+            Command::ReadStop { .. } => "ReadStop",
+            Command::ReadOnce { .. } => "ReadOnce",
+            Command::Detach { .. } => "Detach",
+            Command::Unread { .. } => "Unread",
+            Command::Write { .. } => "Write",
+            Command::Resume(_) => "Resume",
+            Command::ShutdownRead { .. } => "ShutdownRead",
+            Command::Abort { .. } => "Abort",
+            Command::Close(_) => "Close",
+            Command::Shutdown => "Shutdown",
+            #[cfg(test)]
+            Command::Panic => "Panic",
+        };
+        f.write_str(name)
+    }
 }

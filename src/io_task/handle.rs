@@ -159,6 +159,27 @@ impl RawStream {
         })
     }
 
+    /// Shuts down the receiving side (see `EventLoop::shutdown_read`).
+    pub(crate) fn shutdown_read(&self) -> Result<(), Error> {
+        self.request(|reply| Command::ShutdownRead {
+            key: self.key,
+            reply,
+        })
+    }
+
+    /// Resets the connection now.
+    pub(crate) fn abort(&self) -> Result<(), Error> {
+        self.request(|reply| Command::Abort {
+            key: self.key,
+            reply,
+        })
+    }
+
+    /// Whether closing the stream resets it (`SO_LINGER` 0) instead of flushing it.
+    pub(crate) fn set_reset_on_close(&self, reset: bool) {
+        self.writes.reset_on_close.store(reset, Ordering::SeqCst);
+    }
+
     /// Puts bytes back in front of everything not yet delivered.
     pub(crate) fn unread(&self, data: Vec<u8>) {
         let _ = self.task.send(Command::Unread {

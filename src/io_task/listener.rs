@@ -77,7 +77,7 @@ pub(crate) enum AcceptEvent {
 }
 
 /// What an accepting listener does, fixed when it starts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct AcceptConfig {
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_accepts_per_batch: usize,
@@ -89,6 +89,18 @@ pub(crate) struct AcceptConfig {
     /// One listening socket registered with every task (`EPOLLEXCLUSIVE`), rather than one
     /// socket per task.
     pub(crate) shared_socket: bool,
+}
+
+impl std::fmt::Debug for AcceptConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcceptConfig")
+            .field("max_connections", &self.max_connections)
+            .field("max_accepts_per_batch", &self.max_accepts_per_batch)
+            .field("write_window", &self.write_window)
+            .field("kind", &self.kind)
+            .field("shared_socket", &self.shared_socket)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The shared state of one listener (one listening socket per I/O task serving it).
@@ -524,7 +536,7 @@ impl EventLoop {
                         drop(socket);
                         continue;
                     }
-                    if let Some(setup) = state.config.setup {
+                    if let Some(setup) = &state.config.setup {
                         // A failure leaves the family's option unset; the socket still works.
                         let _ = setup(&socket);
                     }

@@ -518,13 +518,49 @@ impl EventLoop {
         self.remove(key, Error::closed());
     }
 
+    /// Shuts down the receiving side: the reader gets `EOF` after what it was already
+    /// given (the stash included); what the kernel still holds is discarded.
+    pub(super) fn shutdown_read(&mut self, key: Key) -> Result<(), Error> {
+        let Some(s) = self.stream(key) else {
+            return Err(Error::closed());
+        };
+        // `ENOTCONN` means the connection is gone already: reading is over either way.
+        let _ = s.reg.socket().shutdown(std::net::Shutdown::Read);
+        if s.read_end.is_none() {
+            s.reclaim();
+            if s.stash.is_empty() {
+                self.end_reading(key, Error::eof());
+            } else if let Some(s) = self.stream(key) {
+                // The stash comes first; the next reader gets the end after it.
+                s.read_end = Some(Error::eof());
+            }
+        }
+        self.update_interest(key);
+        Ok(())
+    }
+
+    /// Resets the connection now: queued writes fail and the reader ends with `ABORTED`.
+    pub(super) fn abort(&mut self, key: Key) -> Result<(), Error> {
+        let Some(s) = self.stream(key) else {
+            return Err(Error::closed());
+        };
+        sys::reset(s.reg.socket());
+        self.remove(key, Error::aborted());
+        Ok(())
+    }
+
     /// The user dropped the stream: stop reading, flush the queue (bounded by the drain
-    /// timeout), then close.
+    /// timeout), then close; or, when the user asked for it (`SO_LINGER` 0), reset it now.
     pub(super) fn close_stream(&mut self, key: Key) {
         let drain_timeout = self.config.drain_timeout;
         let Some(s) = self.stream(key) else {
             return;
         };
+        if s.write_state.reset_on_close.load(Ordering::SeqCst) {
+            sys::reset(s.reg.socket());
+            self.remove(key, Error::closed());
+            return;
+        }
         s.reclaim();
         if s.sink.is_abandoned() || s.read_end.is_some() {
             s.sink = Sink::None;

@@ -9,7 +9,7 @@
 //! A write whose future is dropped at once (the common case of an actor's reply) thus costs
 //! one uncontended lock on the user side and two atomic operations on the loop's.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -27,6 +27,8 @@ pub(crate) struct WriteState {
     /// Bytes handed to `write` and not yet in the kernel: the user side adds, the loop
     /// subtracts; `QUEUED_CLOSED` once the stream is gone.
     pub(crate) queued: AtomicUsize,
+    /// Set by the user (`SO_LINGER` 0): closing the stream resets it instead of flushing.
+    pub(crate) reset_on_close: AtomicBool,
     /// The number the next write gets. Held while the write command is sent, so that
     /// numbers follow the order in which the loop receives the writes.
     next: Mutex<u64>,

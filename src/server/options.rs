@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The write window of accepted sockets unless set otherwise.
 const DEFAULT_WRITE_WINDOW: usize = 1024 * 1024;
@@ -45,6 +46,84 @@ pub struct ListenOptions {
     pub(crate) on_handler_error: OnHandlerError,
     pub(crate) pool_listener: PoolListener,
     pub(crate) unix_mode: Option<u32>,
+    pub(crate) keepalive: Option<Keepalive>,
+    pub(crate) send_buffer_size: Option<usize>,
+    pub(crate) recv_buffer_size: Option<usize>,
+}
+
+/// TCP keepalive: after `idle` without traffic the kernel probes the peer every `interval`,
+/// and gives the connection up (`ETIMEDOUT`) after `retries` unanswered probes. `None`
+/// keeps the system's default for that setting (on Linux 75 s and 9 probes). The interval
+/// and the retries are set where the system lets a program set them (Linux, Android, the
+/// BSDs, macOS); elsewhere only `idle`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use iotask::server::{Keepalive, ListenOptions};
+///
+/// let keepalive = Keepalive::new(Duration::from_secs(60))
+///     .interval(Duration::from_secs(10))
+///     .retries(3);
+/// let options = ListenOptions::new().keepalive(keepalive);
+/// # let _ = options;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Time without traffic before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Option<Duration>,
+    /// Unanswered probes before the connection is given up.
+    pub retries: Option<u32>,
+}
+
+impl Keepalive {
+    /// Probes after `idle` without traffic, at the system's interval and count.
+    pub fn new(idle: Duration) -> Keepalive {
+        Keepalive {
+            idle,
+            interval: None,
+            retries: None,
+        }
+    }
+
+    /// Time between probes.
+    pub fn interval(mut self, interval: Duration) -> Keepalive {
+        self.interval = Some(interval);
+        self
+    }
+
+    /// Unanswered probes before the connection is given up.
+    pub fn retries(mut self, retries: u32) -> Keepalive {
+        self.retries = Some(retries);
+        self
+    }
+
+    /// The socket2 form, with what this system lets a program set.
+    pub(crate) fn to_socket2(self) -> socket2::TcpKeepalive {
+        let keepalive = socket2::TcpKeepalive::new().with_time(self.idle);
+        #[cfg(any(
+            target_os = "linux",
+            target_os = "android",
+            target_os = "freebsd",
+            target_os = "netbsd",
+            target_os = "dragonfly",
+            target_vendor = "apple"
+        ))]
+        let keepalive = {
+            let mut keepalive = keepalive;
+            if let Some(interval) = self.interval {
+                keepalive = keepalive.with_interval(interval);
+            }
+            if let Some(retries) = self.retries {
+                keepalive = keepalive.with_retries(retries);
+            }
+            keepalive
+        };
+        keepalive
+    }
 }
 
 /// How a listener bound on a pool ([`tcp::bind_pool`](crate::tcp::bind_pool)) spreads one address over the I/O tasks of
@@ -124,6 +203,9 @@ impl ListenOptions {
             on_handler_error: OnHandlerError::Raise,
             pool_listener: PoolListener::PerTask,
             unix_mode: None,
+            keepalive: None,
+            send_buffer_size: None,
+            recv_buffer_size: None,
         }
     }
 
@@ -209,6 +291,27 @@ impl ListenOptions {
     /// Ignored by TCP listeners and by abstract names.
     pub fn unix_mode(mut self, mode: u32) -> ListenOptions {
         self.unix_mode = Some(mode & 0o7777);
+        self
+    }
+
+    /// Turns TCP keepalive on for every accepted socket (default off). Ignored by
+    /// Unix-domain listeners.
+    pub fn keepalive(mut self, keepalive: Keepalive) -> ListenOptions {
+        self.keepalive = Some(keepalive);
+        self
+    }
+
+    /// `SO_SNDBUF` of every accepted socket (default: the system's, which Linux sizes
+    /// itself as the connection goes). The kernel may round or double it.
+    pub fn send_buffer_size(mut self, bytes: usize) -> ListenOptions {
+        self.send_buffer_size = Some(bytes);
+        self
+    }
+
+    /// `SO_RCVBUF` of every accepted socket (default: the system's). The kernel may round
+    /// or double it.
+    pub fn recv_buffer_size(mut self, bytes: usize) -> ListenOptions {
+        self.recv_buffer_size = Some(bytes);
         self
     }
 

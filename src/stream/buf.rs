@@ -114,6 +114,37 @@ impl<F: Family> SocketBuf<F> {
         self.get_ref().shutdown_write()
     }
 
+    /// Shuts down the reading half (see [`Stream::shutdown_read`]); bytes already in this
+    /// buffer can still be read.
+    ///
+    /// # Errors
+    ///
+    /// As [`Stream::shutdown_read`].
+    pub fn shutdown_read(&mut self) -> Result<(), Error> {
+        self.get_ref().shutdown_read()
+    }
+
+    /// Flushes the buffer, then shuts down both halves (see [`Stream::shutdown`]).
+    ///
+    /// # Errors
+    ///
+    /// The error of the flush or of the shutdown.
+    pub fn shutdown(&mut self) -> Result<(), Error> {
+        self.flush_out()?;
+        self.get_ref().shutdown()
+    }
+
+    /// Resets the connection now, discarding this buffer's unflushed bytes along with the
+    /// socket's queued writes (see [`Stream::abort`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Stream::abort`].
+    pub fn abort(&mut self) -> Result<(), Error> {
+        self.out.clear();
+        self.get_ref().abort()
+    }
+
     fn flush_out(&mut self) -> Result<(), Error> {
         if self.out.is_empty() {
             return Ok(());

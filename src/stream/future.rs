@@ -108,6 +108,32 @@ impl WriteFuture {
         self.wait(None).unwrap_or_else(|| Err(Error::shutdown()))
     }
 
+    /// Blocks until the write completed or `timeout` passed. The write stays queued either
+    /// way; the future can be waited on again.
+    ///
+    /// # Errors
+    ///
+    /// `"ETIMEDOUT"` (with [`is_timeout`](Error::is_timeout)) when the write did not
+    /// complete in time; otherwise as [`get`](WriteFuture::get).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use iotask::tcp;
+    /// # let iotask = iotask::IoTask::spawn()?;
+    /// # let server = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// # let sock = tcp::connect(server.local_addr()?, &iotask)?;
+    /// // Far more than the kernel buffers while the peer does not read.
+    /// let write = sock.write_future(vec![0u8; 64 << 20]);
+    /// assert!(write.get_timeout(Duration::from_millis(50)).unwrap_err().is_timeout());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_timeout(&self, timeout: std::time::Duration) -> Result<(), Error> {
+        let deadline = std::time::Instant::now().checked_add(timeout);
+        self.wait(deadline).unwrap_or_else(|| Err(Error::timeout()))
+    }
+
     /// Blocks until the write completed, at most until `deadline`; `None` when it passed
     /// first (the write stays queued).
     fn wait(&self, deadline: Option<std::time::Instant>) -> Option<Result<(), Error>> {

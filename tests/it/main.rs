@@ -38,5 +38,6 @@ mod examples_kv;
 mod listen_into;
 mod reliability_faults;
 mod server_control;
+mod socket_controls;
 mod unix_domain;
 mod write_window;

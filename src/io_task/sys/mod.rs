@@ -74,7 +74,7 @@ pub(crate) use self::polling::{Events, Poller};
 
 mod socket;
 pub(crate) use socket::{
-    accept_error_is_out_of_resources, accept_error_is_transient, accept_nonblocking,
+    accept_error_is_out_of_resources, accept_error_is_transient, accept_nonblocking, reset,
     reuse_port_spreads, send, send_vectored, set_reuse_port,
 };
 #[cfg(unix)]

@@ -200,3 +200,27 @@ pub(crate) fn peer_cred(socket: &Socket) -> io::Result<(u32, u32, Option<i32>)> 
     }
     Ok((uid, gid, None))
 }
+
+/// Resets a connected TCP socket now, whoever else holds its descriptor: on Linux a
+/// `connect` to an `AF_UNSPEC` address disconnects it, sending a reset to the peer from any
+/// state that needs one. Elsewhere `SO_LINGER` 0 makes the final close reset it, and the
+/// socket is shut down now. Unix-domain sockets have no reset: they are shut down.
+pub(crate) fn reset(socket: &Socket) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a zeroed `sockaddr` is a valid value of the type; `connect` only reads
+        // `len` bytes of it, and the descriptor is open for the call.
+        let rc = unsafe {
+            let mut addr: libc::sockaddr = std::mem::zeroed();
+            addr.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+            let len = std::mem::size_of::<libc::sockaddr>() as libc::socklen_t;
+            libc::connect(socket.as_raw_fd(), &addr, len)
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+    let _ = socket.set_linger(Some(std::time::Duration::ZERO));
+    let _ = socket.shutdown(std::net::Shutdown::Both);
+}

@@ -1,0 +1,258 @@
+//! What a socket's owner controls beyond read and write: shutdowns from any thread, resets,
+//! exact and bounded reads, write timeouts, and socket options.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use iotask::server::{Keepalive, ListenOptions};
+use iotask::tcp;
+use iotask::{Event, IoTask, Mailbox};
+
+use crate::util::*;
+
+#[test]
+fn shutdown_read_wakes_a_thread_blocked_on_the_port() {
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, mut peer) = connected_pair(&iotask);
+    let sock = Arc::new(sock);
+    peer.write_all(b"before").unwrap();
+    let port = sock.read_start().unwrap();
+    assert_eq!(recv_exact(&port, 6), b"before");
+    let reader = std::thread::spawn(move || port.recv());
+    // The reader blocks: nothing more comes until the other thread shuts reading down.
+    sock.shutdown_read().unwrap();
+    let end = join_within(reader, TIMEOUT).unwrap_err();
+    assert!(end.is_eof(), "{end:?}");
+    // Writing still works after the reading half is shut.
+    sock.write(b"still writing".to_vec()).unwrap();
+    let mut got = [0; 13];
+    peer.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"still writing");
+}
+
+#[test]
+fn shutdown_read_keeps_what_was_read_but_not_yet_received() {
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, mut peer) = connected_pair(&iotask);
+    let port = sock.read_start().unwrap();
+    peer.write_all(b"kept").unwrap();
+    // Once the loop has handed the bytes to the port, stop it: they go to the stash.
+    let first = port.recv_timeout(TIMEOUT).unwrap();
+    sock.read_stop(port).unwrap();
+    sock.shutdown_read().unwrap();
+    let port = sock.read_start().unwrap();
+    let (rest, end) = recv_to_end(&port);
+    assert_eq!([first, rest].concat(), b"kept");
+    assert!(end.is_eof());
+}
+
+#[test]
+fn shutdown_sends_the_queued_writes_then_ends_both_ways() {
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, mut peer) = connected_pair(&iotask);
+    let data = pattern(0, 3 << 20);
+    drop(sock.write_future(data.clone()));
+    let reader = std::thread::spawn(move || {
+        let got = read_to_eof(&mut peer);
+        (got, peer)
+    });
+    sock.shutdown().unwrap();
+    let (got, _peer) = join_within(reader, TIMEOUT);
+    assert_bytes_eq(&got, &data);
+    let e = sock.read(TIMEOUT).unwrap_err();
+    assert!(e.is_eof(), "{e:?}");
+}
+
+#[test]
+fn abort_resets_the_connection_and_fails_what_waits() {
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, mut peer) = connected_pair(&iotask);
+    let sock = Arc::new(sock);
+    // More than the kernel buffers, so that most of it is still queued in iotask.
+    let write = sock.write_future(vec![7u8; 32 << 20]);
+    let port = sock.read_start().unwrap();
+    let reader = std::thread::spawn(move || port.recv());
+    sock.abort().unwrap();
+    assert_eq!(write.get().unwrap_err().name(), "ABORTED");
+    assert_eq!(join_within(reader, TIMEOUT).unwrap_err().name(), "ABORTED");
+    assert_eq!(sock.write(b"late".to_vec()).unwrap_err().name(), "ABORTED");
+    // The peer sees a reset, not an orderly end, once it reads past what had arrived.
+    let mut buf = vec![0; 1 << 20];
+    let end = loop {
+        match peer.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(_) => {}
+            Err(e) => break Err(e.kind()),
+        }
+    };
+    assert_eq!(end, Err(ErrorKind::ConnectionReset));
+}
+
+#[test]
+fn a_linger_of_zero_makes_dropping_the_socket_reset_it() {
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, mut peer) = connected_pair(&iotask);
+    sock.set_linger(Some(Duration::ZERO)).unwrap();
+    assert_eq!(sock.linger().unwrap(), Some(Duration::ZERO));
+    drop(sock.write_future(vec![1u8; 16 << 20]));
+    drop(sock);
+    let mut buf = vec![0; 1 << 20];
+    let end = loop {
+        match peer.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(_) => {}
+            Err(e) => break Err(e.kind()),
+        }
+    };
+    assert_eq!(end, Err(ErrorKind::ConnectionReset));
+}
+
+#[test]
+fn read_exact_takes_what_it_needs_and_loses_nothing() {
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, mut peer) = connected_pair(&iotask);
+    peer.write_all(b"0123456789").unwrap();
+    assert_eq!(sock.read_exact(4, TIMEOUT).unwrap(), b"0123");
+    // Not enough bytes in time: a timeout, and the bytes stay.
+    let e = sock.read_exact(10, Duration::from_millis(100)).unwrap_err();
+    assert!(e.is_timeout(), "{e:?}");
+    peer.write_all(b"abcd").unwrap();
+    assert_eq!(sock.read_exact(10, TIMEOUT).unwrap(), b"456789abcd");
+    // The end of the stream before the bytes: EOF, and the bytes stay for the next read.
+    peer.write_all(b"xy").unwrap();
+    peer.shutdown(Shutdown::Write).unwrap();
+    assert!(sock.read_exact(3, TIMEOUT).unwrap_err().is_eof());
+    assert_eq!(sock.read_exact(2, TIMEOUT).unwrap(), b"xy");
+}
+
+#[test]
+fn read_to_end_stops_at_its_limit_and_loses_nothing() {
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, mut peer) = connected_pair(&iotask);
+    let data = pattern(0, 100_000);
+    peer.write_all(&data).unwrap();
+    peer.shutdown(Shutdown::Write).unwrap();
+    let e = sock.read_to_end(10_000, TIMEOUT).unwrap_err();
+    assert_eq!(e.name(), "EMSGSIZE");
+    let all = sock.read_to_end(1 << 20, TIMEOUT).unwrap();
+    assert_bytes_eq(&all, &data);
+}
+
+#[test]
+fn read_to_end_times_out_without_losing_bytes() {
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, mut peer) = connected_pair(&iotask);
+    peer.write_all(b"partial").unwrap();
+    let e = sock
+        .read_to_end(1 << 20, Duration::from_millis(100))
+        .unwrap_err();
+    assert!(e.is_timeout(), "{e:?}");
+    peer.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(sock.read_to_end(1 << 20, TIMEOUT).unwrap(), b"partial");
+}
+
+#[test]
+fn a_write_can_be_waited_for_with_a_timeout_and_again() {
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, mut peer) = connected_pair(&iotask);
+    let data = pattern(0, 32 << 20);
+    let write = sock.write_future(data.clone());
+    let start = Instant::now();
+    assert!(
+        write
+            .get_timeout(Duration::from_millis(100))
+            .unwrap_err()
+            .is_timeout()
+    );
+    assert!(start.elapsed() >= Duration::from_millis(90));
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0; data.len()];
+        peer.read_exact(&mut got).unwrap();
+        assert_bytes_eq(&got, &data);
+    });
+    write.get_timeout(TIMEOUT).unwrap();
+    write.get().unwrap();
+    join_within(reader, TIMEOUT);
+}
+
+#[test]
+fn socket_options_can_be_read_and_set() {
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, _peer) = connected_pair(&iotask);
+    assert!(sock.nodelay().unwrap());
+    sock.set_nodelay(false).unwrap();
+    assert!(!sock.nodelay().unwrap());
+    assert!(!sock.keepalive().unwrap());
+    let keepalive = Keepalive::new(Duration::from_secs(7))
+        .interval(Duration::from_secs(3))
+        .retries(4);
+    sock.set_keepalive(Some(keepalive)).unwrap();
+    assert!(sock.keepalive().unwrap());
+    let raw = socket2::SockRef::from(&sock);
+    assert_eq!(raw.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
+    assert_eq!(
+        raw.tcp_keepalive_interval().unwrap(),
+        Duration::from_secs(3)
+    );
+    assert_eq!(raw.tcp_keepalive_retries().unwrap(), 4);
+    sock.set_keepalive(None).unwrap();
+    assert!(!sock.keepalive().unwrap());
+    sock.set_ttl(17).unwrap();
+    assert_eq!(sock.ttl().unwrap(), 17);
+    sock.set_send_buffer_size(64 * 1024).unwrap();
+    assert!(sock.send_buffer_size().unwrap() >= 64 * 1024);
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    assert!(sock.recv_buffer_size().unwrap() >= 64 * 1024);
+    assert_eq!(sock.linger().unwrap(), None);
+}
+
+#[test]
+fn hop_limit_on_ipv6() {
+    let Ok(listener) = TcpListener::bind("[::1]:0") else {
+        eprintln!("SKIPPED: no IPv6 loopback");
+        return;
+    };
+    let iotask = IoTask::spawn().unwrap();
+    let sock = tcp::connect(listener.local_addr().unwrap(), &iotask).unwrap();
+    sock.set_ttl(9).unwrap();
+    assert_eq!(sock.ttl().unwrap(), 9);
+}
+
+#[test]
+fn listen_options_apply_to_accepted_sockets() {
+    let iotask = IoTask::spawn().unwrap();
+    let options = ListenOptions::new()
+        .keepalive(Keepalive::new(Duration::from_secs(11)).retries(2))
+        .send_buffer_size(96 * 1024)
+        .recv_buffer_size(80 * 1024);
+    let mut mailbox: Mailbox = Mailbox::new();
+    let server = tcp::bind("127.0.0.1:0", &options, &iotask)
+        .unwrap()
+        .into_mailbox(&mailbox)
+        .unwrap();
+    let _client = TcpStream::connect(server.local_addr()).unwrap();
+    let sock = match mailbox.recv_timeout(TIMEOUT) {
+        Some(Event::Accepted(sock)) => sock,
+        other => panic!("expected a connection, got {other:?}"),
+    };
+    assert!(sock.nodelay().unwrap());
+    assert!(sock.keepalive().unwrap());
+    let raw = socket2::SockRef::from(&sock);
+    assert_eq!(raw.tcp_keepalive_time().unwrap(), Duration::from_secs(11));
+    assert_eq!(raw.tcp_keepalive_retries().unwrap(), 2);
+    assert!(sock.send_buffer_size().unwrap() >= 96 * 1024);
+    assert!(sock.recv_buffer_size().unwrap() >= 80 * 1024);
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_buffered_socket_flushes_its_own_bytes_before_shutting_down() {
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, mut peer) = connected_pair(&iotask);
+    let mut buf = tcp::socket_buf(sock);
+    buf.write_all(b"unflushed").unwrap();
+    buf.shutdown_write().unwrap();
+    assert_eq!(read_to_eof(&mut peer), b"unflushed");
+}
