@@ -40,6 +40,8 @@ pub struct Error {
     message: Cow<'static, str>,
     kind: io::ErrorKind,
     os: Option<i32>,
+    /// For a write that failed part way: how many of its bytes reached the kernel.
+    written: Option<usize>,
 }
 
 impl Error {
@@ -61,6 +63,24 @@ impl Error {
     /// The operating system's error code, when the error came from a system call.
     pub fn raw_os_error(&self) -> Option<i32> {
         self.os
+    }
+
+    /// For a write that failed part way (its socket's deadline passed while it was queued):
+    /// how many of its bytes reached the kernel before it failed; `None` for every other
+    /// error.
+    pub fn bytes_written(&self) -> Option<usize> {
+        self.written
+    }
+
+    /// A write's deadline passed after `written` of its bytes went out.
+    pub(crate) fn write_timeout(written: usize) -> Error {
+        Error {
+            written: Some(written),
+            message: Cow::Owned(format!(
+                "the socket's deadline passed with a write queued ({written} of its bytes sent)"
+            )),
+            ..Error::timeout()
+        }
     }
 
     /// Whether this is the end of the stream: the peer will send nothing more.
@@ -115,6 +135,7 @@ impl Error {
             message: Cow::Borrowed(message),
             kind,
             os: None,
+            written: None,
         }
     }
 
@@ -126,6 +147,7 @@ impl Error {
             message: Cow::Owned(message.into()),
             kind: io::ErrorKind::Other,
             os: None,
+            written: None,
         }
     }
 }
@@ -176,6 +198,7 @@ impl From<io::Error> for Error {
             message,
             kind: e.kind(),
             os,
+            written: None,
         }
     }
 }

@@ -223,9 +223,14 @@ impl<F: Family> Stream<F> {
     }
 
     /// Starts reading one chunk and returns at once; the future resolves with the chunk, the
-    /// end of the stream, or a timeout error after `timeout` (`Duration::MAX`: never).
+    /// end of the stream, or a timeout error after `timeout` (`Duration::MAX`: never) or at
+    /// the socket's [deadline](Stream::set_deadline), whichever comes first.
     pub fn read_future(&self, timeout: Duration) -> ReadFuture {
-        match self.raw.read_once(deadline_after(timeout)) {
+        let deadline = match (deadline_after(timeout), self.raw.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match self.raw.read_once(deadline) {
             Ok(rx) => ReadFuture::waiting(rx),
             Err(e) => ReadFuture::ready(Err(e)),
         }
@@ -261,6 +266,14 @@ impl<F: Family> Stream<F> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn write_future(&self, data: impl Into<Vec<u8>>) -> WriteFuture {
+        if self
+            .raw
+            .deadline()
+            .is_some_and(|d| d <= std::time::Instant::now())
+        {
+            // Refused whole: nothing of it went out, and the stream is not cut short.
+            return WriteFuture::ready(Err(Error::write_timeout(0)));
+        }
         match self.raw.write(data.into()) {
             Ok(seq) => WriteFuture::queued(self.raw.writes().clone(), seq),
             Err(e) => WriteFuture::ready(Err(e)),
@@ -360,6 +373,61 @@ impl<F: Family> Stream<F> {
     /// As the writes queued before it.
     pub fn shutdown_write(&self) -> Result<(), Error> {
         self.raw.shutdown_write()
+    }
+
+    /// Sets the socket's deadline (Inko's `deadline=`): from then on, reads fail with
+    /// `"ETIMEDOUT"` once it passed ([`read`](Stream::read), [`read_future`](Stream::read_future),
+    /// [`read_exact`](Stream::read_exact), the buffered socket's reads), and writes still
+    /// queued at that instant fail with `"ETIMEDOUT"`, saying how many of their bytes went out
+    /// ([`Error::bytes_written`]); a write made after it passed is refused whole. A write cut
+    /// short leaves the stream cut short: every later write fails with the same error. The
+    /// deadline applies until [`reset_deadline`](Stream::reset_deadline) or another
+    /// `set_deadline`. A socket without a deadline costs the I/O task nothing.
+    ///
+    /// # Errors
+    ///
+    /// `"SHUTDOWN"` when the I/O task stopped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use iotask::tcp;
+    /// # let iotask = iotask::IoTask::spawn()?;
+    /// # let server = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// # let sock = tcp::connect(server.local_addr()?, &iotask)?;
+    /// // The peer never reads: 64 MiB cannot all go out.
+    /// sock.timeout_after(Duration::from_millis(100))?;
+    /// let e = sock.write(vec![0u8; 64 << 20]).unwrap_err();
+    /// assert!(e.is_timeout());
+    /// assert!(e.bytes_written().unwrap() < 64 << 20);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_deadline(&self, deadline: std::time::Instant) -> Result<(), Error> {
+        self.raw.set_deadline(Some(deadline))
+    }
+
+    /// Sets the deadline `timeout` from now (see [`set_deadline`](Stream::set_deadline)).
+    ///
+    /// # Errors
+    ///
+    /// As [`set_deadline`](Stream::set_deadline).
+    pub fn timeout_after(&self, timeout: Duration) -> Result<(), Error> {
+        self.raw.set_deadline(deadline_after(timeout))
+    }
+
+    /// Removes the deadline.
+    ///
+    /// # Errors
+    ///
+    /// `"SHUTDOWN"` when the I/O task stopped.
+    pub fn reset_deadline(&self) -> Result<(), Error> {
+        self.raw.set_deadline(None)
+    }
+
+    /// The socket's deadline, if one is set.
+    pub fn deadline(&self) -> Option<std::time::Instant> {
+        self.raw.deadline()
     }
 
     /// Shuts down the reading half: the reader (a port, a future, a mailbox) gets the end of
@@ -477,7 +545,10 @@ impl<F: Family> Stream<F> {
         done: impl Fn(&[u8], bool) -> bool,
         exact: Option<usize>,
     ) -> Result<Vec<u8>, Error> {
-        let deadline = deadline_after(timeout);
+        let deadline = match (deadline_after(timeout), self.raw.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let port = self.read_start()?;
         let mut got = Vec::new();
         let outcome = loop {

@@ -93,6 +93,8 @@ pub(crate) enum Command {
     Write { key: Key, data: Vec<u8> },
     /// The reader drained its window: read the stream again.
     Resume(Key),
+    /// From `deadline` on, writes still queued fail with `ETIMEDOUT` (`None`: no deadline).
+    SetDeadline { key: Key, deadline: Option<Instant> },
     /// Shut down the receiving side: the reader gets the end of the stream after what was
     /// already read; bytes still in the kernel are discarded.
     ShutdownRead { key: Key, reply: Reply<()> },
@@ -125,6 +127,7 @@ impl std::fmt::Debug for Command {
             Command::Unread { .. } => "Unread",
             Command::Write { .. } => "Write",
             Command::Resume(_) => "Resume",
+            Command::SetDeadline { .. } => "SetDeadline",
             Command::ShutdownRead { .. } => "ShutdownRead",
             Command::Abort { .. } => "Abort",
             Command::Close(_) => "Close",

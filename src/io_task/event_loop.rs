@@ -281,6 +281,7 @@ impl EventLoop {
                     self.update_interest(key);
                 }
             }
+            Command::SetDeadline { key, deadline } => self.set_deadline(key, deadline),
             Command::ShutdownRead { key, reply } => {
                 let _ = reply.send(self.shutdown_read(key));
             }
@@ -375,6 +376,7 @@ impl EventLoop {
                         self.remove(key, Error::timeout());
                     }
                 }
+                Timer::WriteDeadline(key) => self.write_deadline(key, at),
                 Timer::AcceptRetry(key) => self.accept_retry(key),
                 Timer::ConnectDeadline(key) => {
                     if matches!(self.get(key), Some(Entry::Connecting(c)) if c.deadline == Some(at))
@@ -430,6 +432,9 @@ fn timer_is_live(entries: &Slab<Entry>, at: Instant, timer: Timer) -> bool {
             Some(Entry::Stream(s)) if matches!(s.sink, Sink::Once { deadline: Some(d), .. } if d == at)
         ),
         Timer::DrainDeadline(key) => matches!(entry(key), Some(Entry::Stream(s)) if s.closing),
+        Timer::WriteDeadline(key) => {
+            matches!(entry(key), Some(Entry::Stream(s)) if s.deadline == Some(at))
+        }
         Timer::AcceptRetry(key) => {
             matches!(entry(key), Some(Entry::Listener(l)) if l.backing_off)
         }

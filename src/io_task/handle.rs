@@ -26,6 +26,9 @@ pub(crate) struct RawStream {
     socket: Arc<Socket>,
     /// Numbers writes, counts queued bytes, and tells waiters when writes complete.
     writes: Arc<WriteState>,
+    /// The socket's deadline, which bounds blocking reads on the user's side; the loop has
+    /// its own copy, for the writes.
+    deadline: std::sync::Mutex<Option<Instant>>,
 }
 
 /// The receiving half of a port: what `read_start` gives the public `ReadPort`.
@@ -46,6 +49,7 @@ impl RawStream {
             task,
             socket,
             writes,
+            deadline: std::sync::Mutex::new(None),
         }
     }
 
@@ -157,6 +161,20 @@ impl RawStream {
             window,
             reply,
         })
+    }
+
+    /// Sets (or clears) the socket's deadline.
+    pub(crate) fn set_deadline(&self, deadline: Option<Instant>) -> Result<(), Error> {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = deadline;
+        self.task.send(Command::SetDeadline {
+            key: self.key,
+            deadline,
+        })
+    }
+
+    /// The socket's deadline.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Shuts down the receiving side (see `EventLoop::shutdown_read`).

@@ -51,6 +51,10 @@ pub(crate) struct StreamEntry {
     pub(crate) writes: VecDeque<PendingWrite>,
     /// Set after a write failed: every later write fails with it, and `writes` is empty.
     pub(crate) write_error: Option<Error>,
+    /// The socket's deadline: writes still queued then fail with `ETIMEDOUT`, and every
+    /// later write with them (the stream was cut short). A timer is scheduled for it while
+    /// set; a write made after it passed is refused on the user's side, without a timer.
+    pub(crate) deadline: Option<std::time::Instant>,
     /// Set when a send failed on a broken connection (a reset, a timeout). The failed send
     /// consumed the socket's pending error, after which `recv` reports a plain end; the
     /// reader gets this error instead of `EOF`, which would claim the peer closed cleanly.
@@ -518,6 +522,29 @@ impl EventLoop {
         self.remove(key, Error::closed());
     }
 
+    /// Sets the stream's deadline for its queued writes.
+    pub(super) fn set_deadline(&mut self, key: Key, deadline: Option<std::time::Instant>) {
+        let Some(s) = self.stream(key) else {
+            return;
+        };
+        s.deadline = deadline;
+        self.push_timer(deadline, Timer::WriteDeadline(key));
+    }
+
+    /// The deadline `at` passed: writes still queued fail, and report how far the oldest
+    /// got.
+    pub(super) fn write_deadline(&mut self, key: Key, at: std::time::Instant) {
+        let Some(s) = self.stream(key) else {
+            return;
+        };
+        if s.deadline != Some(at) || s.writes.is_empty() {
+            return;
+        }
+        let written = s.writes.front().map_or(0, |w| w.written);
+        self.fail_writes(key, Error::write_timeout(written));
+        self.update_interest(key);
+    }
+
     /// Shuts down the receiving side: the reader gets `EOF` after what it was already
     /// given (the stash included); what the kernel still holds is discarded.
     pub(super) fn shutdown_read(&mut self, key: Key) -> Result<(), Error> {
@@ -663,6 +690,7 @@ impl StreamEntry {
             paused: false,
             writes: VecDeque::new(),
             write_error: None,
+            deadline: None,
             broken: None,
             closing: false,
             lingering: false,

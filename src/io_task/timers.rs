@@ -19,6 +19,8 @@ pub(crate) enum Timer {
     DrainDeadline(Key),
     /// Accept again after running out of descriptors.
     AcceptRetry(Key),
+    /// A stream's deadline: its queued writes fail.
+    WriteDeadline(Key),
     /// A connect attempt's timeout.
     ConnectDeadline(Key),
     /// Try a Unix-domain connect again whose listener's backlog was full.

@@ -52,6 +52,7 @@ pub struct SocketBuf<F: Family> {
     out: Vec<u8>,
     eof: bool,
     read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
 }
 
 impl<F: Family> SocketBuf<F> {
@@ -65,6 +66,7 @@ impl<F: Family> SocketBuf<F> {
             out: Vec::new(),
             eof: false,
             read_timeout: None,
+            write_timeout: None,
         }
     }
 
@@ -72,6 +74,13 @@ impl<F: Family> SocketBuf<F> {
     /// `timeout`; `None` (the default) waits forever.
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
         self.read_timeout = timeout;
+    }
+
+    /// Makes flushes fail with [`io::ErrorKind::TimedOut`] when the kernel has not taken the
+    /// bytes within `timeout`; `None` (the default) waits forever (or until the socket's
+    /// deadline). The bytes stay queued and still go out.
+    pub fn set_write_timeout(&mut self, timeout: Option<Duration>) {
+        self.write_timeout = timeout;
     }
 
     /// The socket inside.
@@ -150,7 +159,11 @@ impl<F: Family> SocketBuf<F> {
             return Ok(());
         }
         let data = std::mem::take(&mut self.out);
-        self.get_ref().write(data)
+        let write = self.get_ref().write_future(data);
+        match self.write_timeout {
+            Some(timeout) => write.get_timeout(timeout),
+            None => write.get(),
+        }
     }
 }
 
@@ -171,7 +184,15 @@ impl<F: Family> BufRead for SocketBuf<F> {
                 self.port = Some(self.get_ref().read_start()?);
             }
             let port = self.port.as_ref().expect("started above");
-            let next = match self.read_timeout {
+            let socket_left = self
+                .get_ref()
+                .deadline()
+                .map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            let bound = match (self.read_timeout, socket_left) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let next = match bound {
                 Some(t) => port.recv_timeout(t),
                 None => port.recv(),
             };

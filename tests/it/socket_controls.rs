@@ -256,3 +256,63 @@ fn a_buffered_socket_flushes_its_own_bytes_before_shutting_down() {
     buf.shutdown_write().unwrap();
     assert_eq!(read_to_eof(&mut peer), b"unflushed");
 }
+
+#[test]
+fn a_deadline_fails_a_write_that_cannot_finish_and_says_how_far_it_got() {
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, _peer) = connected_pair(&iotask);
+    sock.timeout_after(Duration::from_millis(200)).unwrap();
+    let total = 64 << 20;
+    let start = Instant::now();
+    let e = sock.write(vec![0u8; total]).unwrap_err();
+    let took = start.elapsed();
+    assert!(e.is_timeout(), "{e:?}");
+    let written = e.bytes_written().expect("how far the write got");
+    assert!(written > 0 && written < total, "{written} of {total}");
+    assert!(
+        took >= Duration::from_millis(150) && took < TIMEOUT,
+        "{took:?}"
+    );
+    // The stream was cut short: later writes fail with the same error.
+    sock.reset_deadline().unwrap();
+    assert!(sock.write(b"more".to_vec()).unwrap_err().is_timeout());
+}
+
+#[test]
+fn a_deadline_bounds_reads_and_a_passed_one_refuses_writes_whole() {
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, mut peer) = connected_pair(&iotask);
+    sock.timeout_after(Duration::from_millis(100)).unwrap();
+    let start = Instant::now();
+    assert!(sock.read(Duration::MAX).unwrap_err().is_timeout());
+    assert!(sock.read_exact(1, Duration::MAX).unwrap_err().is_timeout());
+    assert!(start.elapsed() < TIMEOUT);
+    // Past the deadline a write is refused whole, and the stream is not cut short by it.
+    let e = sock.write(b"refused".to_vec()).unwrap_err();
+    assert_eq!((e.name(), e.bytes_written()), ("ETIMEDOUT", Some(0)));
+    sock.reset_deadline().unwrap();
+    assert_eq!(sock.deadline(), None);
+    sock.write(b"accepted".to_vec()).unwrap();
+    let mut got = [0; 8];
+    peer.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"accepted");
+    peer.write_all(b"late").unwrap();
+    assert_eq!(sock.read(TIMEOUT).unwrap(), b"late");
+}
+
+#[test]
+fn a_buffered_socket_keeps_the_deadline_and_its_own_write_timeout() {
+    use std::io::BufRead;
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, _peer) = connected_pair(&iotask);
+    sock.timeout_after(Duration::from_millis(100)).unwrap();
+    let mut buf = tcp::socket_buf(sock);
+    let e = buf.fill_buf().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut);
+    buf.get_ref().reset_deadline().unwrap();
+    buf.set_write_timeout(Some(Duration::from_millis(100)));
+    // 64 MiB to a peer that never reads: the buffer flushes in 64 KiB steps, which the
+    // kernel takes until its buffers fill; then a flush waits past the write timeout.
+    let e = buf.write_all(&vec![0u8; 64 << 20]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut);
+}
