@@ -20,6 +20,7 @@ use std::io;
 /// | `"SHUTDOWN"` | `ConnectionAborted`  | the I/O task was shut down                               |
 /// | `"BUSY"`     | `ResourceBusy`       | reads are already being delivered somewhere else          |
 /// | `"ABORTED"`  | `ConnectionAborted`  | the socket was reset on this side (`abort`)               |
+/// | `"STALLED"`  | `TimedOut`           | queued bytes waited longer than the write age limit       |
 ///
 /// `Error` is cheap to clone and converts to and from [`std::io::Error`]; the round trip
 /// keeps its name (an `Error` turned into an `io::Error` and back is the same `Error`).
@@ -118,6 +119,14 @@ impl Error {
             "ABORTED",
             "the connection was reset on this side",
             io::ErrorKind::ConnectionAborted,
+        )
+    }
+
+    pub(crate) fn stalled() -> Error {
+        Error::new(
+            "STALLED",
+            "queued bytes waited longer than the write age limit",
+            io::ErrorKind::TimedOut,
         )
     }
 

@@ -58,6 +58,12 @@ pub enum Event<M> {
     /// [`Accepted`](Event::Accepted).
     #[cfg(unix)]
     AcceptedUnix(UnixSocket),
+    /// An attached socket's write queue fell to its low watermark after passing its high
+    /// one (see [`Stream::set_watermarks`]): an actor that stopped feeding it can go on.
+    Drained {
+        /// The socket whose queue drained.
+        socket: SocketId,
+    },
     /// A message sent through a [`MailboxSender`].
     Message(M),
 }
@@ -333,6 +339,11 @@ impl<M: Send + 'static> Mailbox<M> {
     fn next_buffered(&mut self) -> Option<Event<M>> {
         let (key, chunk) = match self.batch.pop_front()? {
             Delivery::Read { key, chunk } => (key, chunk),
+            Delivery::Drained(key) => {
+                return Some(Event::Drained {
+                    socket: SocketId(key.id),
+                });
+            }
             Delivery::Accepted(raw, StreamKind::Inet) => {
                 return Some(Event::Accepted(Stream::from_raw(raw)));
             }

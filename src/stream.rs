@@ -375,6 +375,48 @@ impl<F: Family> Stream<F> {
         self.raw.shutdown_write()
     }
 
+    /// Sets the write queue's watermarks (Erlang's `high_watermark` and `low_watermark`):
+    /// once more than `high` bytes are queued, the mailbox this socket is attached to gets
+    /// [`Event::Drained`](crate::Event::Drained) when no more than `low` are. An actor that
+    /// copies from one socket to another stops reading the first when the second passes its
+    /// high mark, and reads again on `Drained`, so its memory stays bounded whatever the two
+    /// peers' speeds. (A blocking [`write`](Stream::write) already waits until the kernel
+    /// has its bytes.) `high` 0 turns the watermarks off, the default.
+    ///
+    /// # Errors
+    ///
+    /// `"EINVAL"` when `low` is above `high`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use iotask::tcp;
+    /// # let iotask = iotask::IoTask::spawn()?;
+    /// # let server = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// # let sock = tcp::connect(server.local_addr()?, &iotask)?;
+    /// sock.set_watermarks(1 << 20, 256 << 10)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_watermarks(&self, high: usize, low: usize) -> Result<(), Error> {
+        if low > high {
+            return Err(Error::new(
+                "EINVAL",
+                "the low watermark is above the high one",
+                std::io::ErrorKind::InvalidInput,
+            ));
+        }
+        self.raw.set_watermarks(high, low);
+        Ok(())
+    }
+
+    /// Fails the socket's writes with `"STALLED"` when queued bytes have waited longer than
+    /// `limit` to reach the kernel (OCaml Async's `buffer_age_limit`), so that a peer that
+    /// stopped reading cannot hold memory for ever; `None` (the default) lets them wait.
+    /// Applies to writes queued from now on; a stalled socket's later writes fail too.
+    pub fn set_write_age_limit(&self, limit: Option<Duration>) {
+        self.raw.set_write_age_limit(limit);
+    }
+
     /// Sets the socket's deadline (Inko's `deadline=`): from then on, reads fail with
     /// `"ETIMEDOUT"` once it passed ([`read`](Stream::read), [`read_future`](Stream::read_future),
     /// [`read_exact`](Stream::read_exact), the buffered socket's reads), and writes still

@@ -377,6 +377,7 @@ impl EventLoop {
                     }
                 }
                 Timer::WriteDeadline(key) => self.write_deadline(key, at),
+                Timer::WriteAge(key) => self.write_age(key),
                 Timer::AcceptRetry(key) => self.accept_retry(key),
                 Timer::ConnectDeadline(key) => {
                     if matches!(self.get(key), Some(Entry::Connecting(c)) if c.deadline == Some(at))
@@ -434,6 +435,9 @@ fn timer_is_live(entries: &Slab<Entry>, at: Instant, timer: Timer) -> bool {
         Timer::DrainDeadline(key) => matches!(entry(key), Some(Entry::Stream(s)) if s.closing),
         Timer::WriteDeadline(key) => {
             matches!(entry(key), Some(Entry::Stream(s)) if s.deadline == Some(at))
+        }
+        Timer::WriteAge(key) => {
+            matches!(entry(key), Some(Entry::Stream(s)) if !s.writes.is_empty())
         }
         Timer::AcceptRetry(key) => {
             matches!(entry(key), Some(Entry::Listener(l)) if l.backing_off)

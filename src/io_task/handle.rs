@@ -193,6 +193,20 @@ impl RawStream {
         })
     }
 
+    /// Sets the write queue's watermarks (`high` 0: none).
+    pub(crate) fn set_watermarks(&self, high: usize, low: usize) {
+        self.writes.low.store(low, Ordering::SeqCst);
+        self.writes.high.store(high, Ordering::SeqCst);
+    }
+
+    /// Sets how long queued bytes may wait (`None`: for ever).
+    pub(crate) fn set_write_age_limit(&self, limit: Option<Duration>) {
+        let ms = limit.map_or(0, |l| {
+            u64::try_from(l.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        self.writes.age_limit_ms.store(ms, Ordering::SeqCst);
+    }
+
     /// Whether closing the stream resets it (`SO_LINGER` 0) instead of flushing it.
     pub(crate) fn set_reset_on_close(&self, reset: bool) {
         self.writes.reset_on_close.store(reset, Ordering::SeqCst);

@@ -90,6 +90,8 @@ pub(crate) enum Delivery {
     Read { key: Key, chunk: Chunk },
     /// A connection accepted by a listener feeding the mailbox, already attached to it.
     Accepted(RawStream, StreamKind),
+    /// A stream's write queue fell to its low watermark after passing its high one.
+    Drained(Key),
 }
 
 /// The receiving end of a mailbox, as the loop sees it (the mailbox's message type erased).

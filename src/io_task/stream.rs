@@ -51,6 +51,9 @@ pub(crate) struct StreamEntry {
     pub(crate) writes: VecDeque<PendingWrite>,
     /// Set after a write failed: every later write fails with it, and `writes` is empty.
     pub(crate) write_error: Option<Error>,
+    /// Set once more than the high watermark was queued; cleared, with a `Drained` event to
+    /// the stream's mailbox, once no more than the low watermark is.
+    pub(crate) above_high: bool,
     /// The socket's deadline: writes still queued then fail with `ETIMEDOUT`, and every
     /// later write with them (the stream was cut short). A timer is scheduled for it while
     /// set; a write made after it passed is refused on the user's side, without a timer.
@@ -87,6 +90,8 @@ pub(crate) struct PendingWrite {
     pub(crate) data: Vec<u8>,
     /// Bytes of `data` already written.
     pub(crate) written: usize,
+    /// When it was queued, for a stream with a write age limit (else `None`).
+    pub(crate) queued_at: Option<std::time::Instant>,
 }
 
 impl EventLoop {
@@ -413,8 +418,26 @@ impl EventLoop {
             s.write_state.complete_one();
             return;
         }
-        s.writes.push_back(PendingWrite { data, written: 0 });
+        let age_limit = s.write_state.age_limit_ms.load(Ordering::Relaxed);
+        let queued_at = (age_limit > 0).then(std::time::Instant::now);
+        let first = s.writes.is_empty();
+        s.writes.push_back(PendingWrite {
+            data,
+            written: 0,
+            queued_at,
+        });
         s.queued_here += len;
+        let high = s.write_state.high.load(Ordering::Relaxed);
+        if high > 0 && s.queued_here > high {
+            s.above_high = true;
+        }
+        if let (true, Some(at)) = (first, queued_at) {
+            let due = at.checked_add(std::time::Duration::from_millis(age_limit));
+            self.push_timer(due, Timer::WriteAge(key));
+        }
+        let Some(s) = self.stream(key) else {
+            return;
+        };
         if !s.write_blocked && s.write_window.is_some_and(|w| s.queued_here > w) {
             // A peer that sends without reading must not make us queue without bound:
             // stop reading it (flow control then slows it) until half has drained.
@@ -469,7 +492,10 @@ impl EventLoop {
                 sys::send_vectored(socket, &slices[..count])
             };
             match result {
-                Ok(n) => s.wrote(n),
+                Ok(n) => {
+                    s.wrote(n);
+                    self.drained(key);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -510,6 +536,45 @@ impl EventLoop {
             s.writes.clear();
             s.write_state.fail(error.clone());
             s.write_error = Some(error);
+        }
+        self.drained(key);
+    }
+
+    /// Tells the stream's mailbox when its queue fell to the low watermark after passing the
+    /// high one: an actor that stopped feeding it can go on.
+    fn drained(&mut self, key: Key) {
+        let Some(s) = self.any_stream(key) else {
+            return;
+        };
+        if !s.above_high || s.queued_here > s.write_state.low.load(Ordering::Relaxed) {
+            return;
+        }
+        s.above_high = false;
+        if let Sink::Mailbox { inbox, .. } = &s.sink {
+            let inbox = inbox.clone();
+            self.outbox.post(&inbox, Delivery::Drained(key));
+        }
+    }
+
+    /// The age-limit timer of a stream: fails its writes if the oldest waited too long,
+    /// else waits for the oldest's turn.
+    pub(super) fn write_age(&mut self, key: Key) {
+        let Some(s) = self.stream(key) else {
+            return;
+        };
+        let limit = s.write_state.age_limit_ms.load(Ordering::Relaxed);
+        let Some(oldest) = s.writes.front().and_then(|w| w.queued_at) else {
+            return;
+        };
+        if limit == 0 {
+            return;
+        }
+        let due = oldest.checked_add(std::time::Duration::from_millis(limit));
+        if due.is_some_and(|due| due <= std::time::Instant::now()) {
+            self.fail_writes(key, Error::stalled());
+            self.update_interest(key);
+        } else {
+            self.push_timer(due, Timer::WriteAge(key));
         }
     }
 
@@ -690,6 +755,7 @@ impl StreamEntry {
             paused: false,
             writes: VecDeque::new(),
             write_error: None,
+            above_high: false,
             deadline: None,
             broken: None,
             closing: false,

@@ -21,6 +21,8 @@ pub(crate) enum Timer {
     AcceptRetry(Key),
     /// A stream's deadline: its queued writes fail.
     WriteDeadline(Key),
+    /// The oldest queued write of a stream with an age limit may have waited too long.
+    WriteAge(Key),
     /// A connect attempt's timeout.
     ConnectDeadline(Key),
     /// Try a Unix-domain connect again whose listener's backlog was full.

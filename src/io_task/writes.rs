@@ -29,6 +29,13 @@ pub(crate) struct WriteState {
     pub(crate) queued: AtomicUsize,
     /// Set by the user (`SO_LINGER` 0): closing the stream resets it instead of flushing.
     pub(crate) reset_on_close: AtomicBool,
+    /// The high and low watermarks of the queue, in bytes (`high` 0: none): once more than
+    /// `high` bytes were queued, the stream's mailbox hears when no more than `low` are.
+    pub(crate) high: AtomicUsize,
+    pub(crate) low: AtomicUsize,
+    /// How long, in milliseconds, queued bytes may wait before the stream fails (0: no
+    /// limit).
+    pub(crate) age_limit_ms: AtomicU64,
     /// The number the next write gets. Held while the write command is sent, so that
     /// numbers follow the order in which the loop receives the writes.
     next: Mutex<u64>,

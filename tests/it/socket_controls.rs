@@ -316,3 +316,56 @@ fn a_buffered_socket_keeps_the_deadline_and_its_own_write_timeout() {
     let e = buf.write_all(&vec![0u8; 64 << 20]).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TimedOut);
 }
+
+#[test]
+fn an_actor_hears_when_a_socket_it_flooded_drains() {
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, mut peer) = connected_pair(&iotask);
+    let mut mailbox: Mailbox = Mailbox::new();
+    sock.attach(&mailbox).unwrap();
+    sock.set_watermarks(1 << 20, 256 << 10).unwrap();
+    assert_eq!(sock.set_watermarks(1, 2).unwrap_err().name(), "EINVAL");
+    let data = pattern(0, 8 << 20);
+    for chunk in data.chunks(64 << 10) {
+        drop(sock.write_future(chunk.to_vec()));
+    }
+    assert!(sock.queued_bytes() > 1 << 20, "the peer reads nothing yet");
+    // Nothing drained yet.
+    assert!(mailbox.recv_timeout(Duration::from_millis(100)).is_none());
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0; data.len()];
+        peer.read_exact(&mut got).unwrap();
+        assert_bytes_eq(&got, &data);
+        peer
+    });
+    match mailbox.recv_timeout(TIMEOUT) {
+        Some(Event::Drained { socket }) => assert_eq!(socket, sock.id()),
+        other => panic!("expected Drained, got {other:?}"),
+    }
+    assert!(sock.queued_bytes() <= 256 << 10);
+    let _peer = join_within(reader, TIMEOUT);
+}
+
+#[test]
+fn bytes_that_wait_past_the_age_limit_fail_the_socket() {
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, _peer) = connected_pair(&iotask);
+    sock.set_write_age_limit(Some(Duration::from_millis(200)));
+    let start = Instant::now();
+    let e = sock.write(vec![0u8; 64 << 20]).unwrap_err();
+    assert_eq!(e.name(), "STALLED");
+    assert!(start.elapsed() >= Duration::from_millis(150) && start.elapsed() < TIMEOUT);
+    assert_eq!(sock.write(b"x".to_vec()).unwrap_err().name(), "STALLED");
+}
+
+#[test]
+fn writes_that_keep_moving_do_not_stall() {
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, mut peer) = connected_pair(&iotask);
+    sock.set_write_age_limit(Some(Duration::from_millis(300)));
+    let reader = std::thread::spawn(move || read_exact_std(&mut peer, 8 << 20));
+    for i in 0..8u64 {
+        sock.write(pattern(i << 20, 1 << 20)).unwrap();
+    }
+    assert_bytes_eq(&join_within(reader, TIMEOUT), &pattern(0, 8 << 20));
+}
