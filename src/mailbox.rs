@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::error::Error;
+use crate::error::{ConnectError, Error};
 use crate::io_task::sink::{Delivery, Inbox, StreamKind, Window};
 use crate::stream::{Family, Stream};
 use crate::tcp::TcpSocket;
@@ -58,6 +58,24 @@ pub enum Event<M> {
     /// [`Accepted`](Event::Accepted).
     #[cfg(unix)]
     AcceptedUnix(UnixSocket),
+    /// A connect started with [`tcp::connect_into`](crate::tcp::connect_into) ended: the
+    /// socket, already attached to this mailbox (its `Data` and `Closed` events come after
+    /// this one), or why it failed. `socket` is the id `connect_into` returned.
+    Connected {
+        /// The id `connect_into` returned, which the socket keeps.
+        socket: SocketId,
+        /// The connected socket, or the failure.
+        result: Result<TcpSocket, ConnectError>,
+    },
+    /// A connect started with [`unix::connect_into`](crate::unix::connect_into) ended; as
+    /// [`Connected`](Event::Connected).
+    #[cfg(unix)]
+    ConnectedUnix {
+        /// The id `connect_into` returned, which the socket keeps.
+        socket: SocketId,
+        /// The connected socket, or the failure.
+        result: Result<UnixSocket, ConnectError>,
+    },
     /// An attached socket's write queue fell to its low watermark after passing its high
     /// one (see [`Stream::set_watermarks`]): an actor that stopped feeding it can go on.
     Drained {
@@ -344,6 +362,29 @@ impl<M: Send + 'static> Mailbox<M> {
                     socket: SocketId(key.id),
                 });
             }
+            Delivery::Connected {
+                id,
+                result,
+                kind: StreamKind::Inet,
+            } => {
+                return Some(Event::Connected {
+                    socket: SocketId(id),
+                    result: result.map(Stream::from_raw).map_err(ConnectError::from),
+                });
+            }
+            #[cfg(unix)]
+            Delivery::Connected {
+                id,
+                result,
+                kind: StreamKind::Unix,
+            } => {
+                return Some(Event::ConnectedUnix {
+                    socket: SocketId(id),
+                    result: result.map(Stream::from_raw).map_err(ConnectError::from),
+                });
+            }
+            #[cfg(not(unix))]
+            Delivery::Connected { .. } => return self.next_buffered(),
             Delivery::Accepted(raw, StreamKind::Inet) => {
                 return Some(Event::Accepted(Stream::from_raw(raw)));
             }

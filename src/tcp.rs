@@ -30,8 +30,9 @@ pub use crate::stream::{ReadFuture, ReadPort, WriteFuture};
 
 use crate::error::Error;
 use crate::io_task::command::SetupFn;
+use crate::io_task::sink::StreamKind;
 use crate::io_task::{handle, sys};
-use crate::mailbox::MailboxSender;
+use crate::mailbox::{MailboxSender, SocketId};
 use crate::pool::IoPool;
 use crate::stream::{self, Family, Stream};
 use crate::{IoTask, server};
@@ -542,6 +543,59 @@ fn start_connect<A: std::net::ToSocketAddrs>(
         .collect();
     let rx = handle::connect(iotask.shared(), addrs, Some(Arc::new(set_nodelay)), timeout);
     Ok(stream::ConnectFuture::new(rx))
+}
+
+/// Starts connecting to `addr` from the I/O task and returns at once with the id the
+/// socket will have: the mailbox receives [`Event::Connected`](crate::Event::Connected)
+/// with that id and the socket (already attached: its data follows), or the failure. For
+/// an actor, which must not block: `addr` should then be an IP address, as resolving a name
+/// blocks. Each address `addr` resolves to is tried in turn, as [`connect`] does.
+///
+/// # Errors
+///
+/// `"RESOLVE"` when the name does not resolve, `"SHUTDOWN"` when the I/O task stopped;
+/// everything else comes through the event.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use iotask::{Event, Mailbox, tcp};
+///
+/// let iotask = iotask::IoTask::spawn()?;
+/// let server = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let mut mailbox: Mailbox = Mailbox::new();
+/// let id = tcp::connect_into(server.local_addr()?, &iotask, &mailbox)?;
+/// match mailbox.recv_timeout(Duration::from_secs(5)) {
+///     Some(Event::Connected { socket, result }) => {
+///         assert_eq!(socket, id);
+///         assert_eq!(result?.id(), id);
+///     }
+///     other => panic!("expected the connect's outcome, got {other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn connect_into<A: std::net::ToSocketAddrs, M: Send + 'static>(
+    addr: A,
+    iotask: &IoTask,
+    mailbox: &impl AsRef<MailboxSender<M>>,
+) -> Result<SocketId, TcpError> {
+    let addrs: Vec<SockAddr> = addr
+        .to_socket_addrs()
+        .map_err(resolve_error)?
+        .map(SockAddr::from)
+        .collect();
+    let sender = mailbox.as_ref();
+    let id = handle::connect_into(
+        iotask.shared(),
+        addrs,
+        Some(Arc::new(set_nodelay)),
+        None,
+        sender.inbox(),
+        sender.window(),
+        StreamKind::Inet,
+    )?;
+    Ok(SocketId(id))
 }
 
 /// Wraps a socket as a buffered reader and writer.

@@ -34,7 +34,9 @@ pub use std::os::unix::net::SocketAddr;
 
 use crate::error::{ConnectError, Error, ListenError};
 use crate::io_task::handle;
+use crate::io_task::sink::StreamKind;
 use crate::io_task::sys;
+use crate::mailbox::{MailboxSender, SocketId};
 use crate::pool::IoPool;
 use crate::server::ListenOptions;
 use crate::stream::{self, Family, Stream};
@@ -269,6 +271,34 @@ pub fn connect_future<A: ToUnixAddr>(addr: A, iotask: &IoTask) -> ConnectFuture 
         Ok(future) => future,
         Err(e) => stream::ConnectFuture::failed(e),
     }
+}
+
+/// Starts connecting to `addr` from the I/O task and returns at once with the id the
+/// socket will have: the mailbox receives
+/// [`Event::ConnectedUnix`](crate::Event::ConnectedUnix) with that id and the socket
+/// (already attached), or the failure. See [`tcp::connect_into`](crate::tcp::connect_into).
+///
+/// # Errors
+///
+/// `InvalidInput` for an address that cannot be connected to, `"SHUTDOWN"` when the I/O
+/// task stopped; everything else comes through the event.
+pub fn connect_into<A: ToUnixAddr, M: Send + 'static>(
+    addr: A,
+    iotask: &IoTask,
+    mailbox: &impl AsRef<MailboxSender<M>>,
+) -> Result<SocketId, Error> {
+    let addr = to_sockaddr(&addr.to_unix_addr()?)?;
+    let sender = mailbox.as_ref();
+    let id = handle::connect_into(
+        iotask.shared(),
+        vec![addr],
+        None,
+        None,
+        sender.inbox(),
+        sender.window(),
+        StreamKind::Unix,
+    )?;
+    Ok(SocketId(id))
 }
 
 /// Wraps a socket as a buffered reader and writer.

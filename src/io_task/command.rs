@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use socket2::{SockAddr, Socket};
 
 use crate::error::Error;
+use crate::io_task::connect::ConnectReply;
 use crate::io_task::entry::Key;
-use crate::io_task::handle::RawStream;
 use crate::io_task::listener::{AcceptTarget, ListenerState};
 use crate::io_task::sink::{Chunk, Sink, Window};
 use crate::io_task::writes::WriteState;
@@ -57,7 +57,7 @@ pub(crate) enum Command {
         addrs: VecDeque<SockAddr>,
         setup: Option<SetupFn>,
         timeout: Option<Duration>,
-        reply: Reply<RawStream>,
+        reply: ConnectReply,
     },
     /// Change how many queued write bytes stop the stream being read.
     SetWriteWindow {

@@ -14,6 +14,7 @@ use crate::io_task::entry::{Entry, Key, next_id};
 use crate::io_task::event_loop::EventLoop;
 use crate::io_task::handle::RawStream;
 use crate::io_task::registration::{Interest, Registration};
+use crate::io_task::sink::{Delivery, Inbox, Sink, StreamKind, Window};
 use crate::io_task::timers::{Timer, deadline_after};
 use crate::io_task::writes::WriteState;
 
@@ -27,9 +28,57 @@ pub(crate) struct ConnectJob {
     pub(crate) setup: Option<SetupFn>,
     /// Bounds each address's attempt.
     pub(crate) timeout: Option<Duration>,
-    pub(crate) reply: Reply<RawStream>,
+    pub(crate) reply: ConnectReply,
     /// The last address's failure, reported if no address connects.
     pub(crate) last_error: Option<Error>,
+}
+
+/// Who hears how a connect ended.
+pub(crate) enum ConnectReply {
+    /// A `ConnectFuture` (or a thread blocked in `connect`).
+    Future(Reply<RawStream>),
+    /// A mailbox: the connected stream is attached to it and announced as
+    /// `Delivery::Connected` with the id it was promised, ahead of its reads; a failure is
+    /// announced the same way.
+    Mailbox {
+        inbox: Arc<dyn Inbox>,
+        window: Arc<Window>,
+        id: u64,
+        kind: StreamKind,
+    },
+}
+
+impl ConnectReply {
+    /// Whether nobody will hear the outcome any more.
+    fn is_canceled(&self) -> bool {
+        match self {
+            ConnectReply::Future(reply) => reply.is_canceled(),
+            ConnectReply::Mailbox { inbox, .. } => inbox.is_closed(),
+        }
+    }
+}
+
+impl EventLoop {
+    /// Tells whoever asked that the connect failed.
+    pub(super) fn connect_refused(&mut self, reply: ConnectReply, error: Error) {
+        match reply {
+            ConnectReply::Future(reply) => {
+                let _ = reply.send(Err(error));
+            }
+            ConnectReply::Mailbox {
+                inbox, id, kind, ..
+            } => {
+                self.outbox.post(
+                    &inbox,
+                    Delivery::Connected {
+                        id,
+                        result: Err(error),
+                        kind,
+                    },
+                );
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for ConnectJob {
@@ -122,7 +171,7 @@ impl EventLoop {
             .last_error
             .take()
             .unwrap_or_else(|| Error::other("RESOLVE", "the address resolved to nothing"));
-        let _ = job.reply.send(Err(error));
+        self.connect_refused(job.reply, error);
     }
 
     /// The connect in progress at `key` finished, one way or the other.
@@ -188,10 +237,38 @@ impl EventLoop {
             let _ = setup(&socket);
         }
         let writes = Arc::new(WriteState::new());
-        let key = self.insert_stream(socket.clone(), None, writes.clone(), None);
+        let id = match &job.reply {
+            ConnectReply::Mailbox { id, .. } => Some(*id),
+            ConnectReply::Future(_) => None,
+        };
+        let key = self.insert_stream_as(id, socket.clone(), None, writes.clone(), None);
         let stream = RawStream::new(key, self.shared.clone(), socket, writes);
-        // If the caller gave up, dropping the stream closes it.
-        let _ = job.reply.send(Ok(stream));
+        match job.reply {
+            // If the caller gave up, dropping the stream closes it.
+            ConnectReply::Future(reply) => {
+                let _ = reply.send(Ok(stream));
+            }
+            ConnectReply::Mailbox {
+                inbox,
+                window,
+                id,
+                kind,
+            } => {
+                // Announced before anything it reads, as an accepted connection is.
+                self.outbox.post(
+                    &inbox,
+                    Delivery::Connected {
+                        id,
+                        result: Ok(stream),
+                        kind,
+                    },
+                );
+                if let Some(s) = self.stream(key) {
+                    s.sink = Sink::Mailbox { inbox, window };
+                }
+                self.update_interest(key);
+            }
+        }
     }
 }
 

@@ -401,9 +401,7 @@ impl EventLoop {
         match self.take(key) {
             Some(Entry::Stream(s)) => drop(s),
             Some(Entry::Listener(l)) => Self::retire_listener(l, error),
-            Some(Entry::Connecting(c)) => {
-                let _ = c.job.reply.send(Err(error));
-            }
+            Some(Entry::Connecting(c)) => self.connect_refused(c.job.reply, error),
             None => {}
         }
     }

@@ -12,8 +12,9 @@ use socket2::{SockAddr, Socket};
 use crate::error::Error;
 use crate::io_task::Shared;
 use crate::io_task::command::{Command, SetupFn};
+use crate::io_task::connect::ConnectReply;
 use crate::io_task::entry::Key;
-use crate::io_task::sink::{Chunk, Inbox, Sink, Window};
+use crate::io_task::sink::{Chunk, Inbox, Sink, StreamKind, Window};
 use crate::io_task::writes::{QUEUED_CLOSED, WriteState};
 use crate::oneshot;
 
@@ -273,7 +274,7 @@ pub(crate) fn connect(
         addrs: addrs.into(),
         setup,
         timeout,
-        reply,
+        reply: ConnectReply::Future(reply),
     }) {
         // The command, and the reply it carried, were dropped: answer with the reason.
         let (reply, rx) = oneshot::channel();
@@ -281,6 +282,32 @@ pub(crate) fn connect(
         return rx;
     }
     rx
+}
+
+/// Starts connecting to each of `addrs` in turn; the outcome reaches the mailbox behind
+/// `inbox` as a `Delivery::Connected` with the returned id, which the stream keeps.
+pub(crate) fn connect_into(
+    task: &Arc<Shared>,
+    addrs: Vec<SockAddr>,
+    setup: Option<SetupFn>,
+    timeout: Option<Duration>,
+    inbox: Arc<dyn Inbox>,
+    window: Arc<Window>,
+    kind: StreamKind,
+) -> Result<u64, Error> {
+    let id = crate::io_task::entry::next_id();
+    task.send(Command::Connect {
+        addrs: addrs.into(),
+        setup,
+        timeout,
+        reply: ConnectReply::Mailbox {
+            inbox,
+            window,
+            id,
+            kind,
+        },
+    })?;
+    Ok(id)
 }
 
 /// Serves an already connected, non-blocking socket.

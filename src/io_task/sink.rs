@@ -92,6 +92,13 @@ pub(crate) enum Delivery {
     Accepted(RawStream, StreamKind),
     /// A stream's write queue fell to its low watermark after passing its high one.
     Drained(Key),
+    /// A connect asked for with `connect_into` ended: the stream, already attached to the
+    /// mailbox, under the id promised to the caller, or the reason it failed.
+    Connected {
+        id: u64,
+        result: Result<RawStream, Error>,
+        kind: StreamKind,
+    },
 }
 
 /// The receiving end of a mailbox, as the loop sees it (the mailbox's message type erased).

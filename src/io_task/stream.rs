@@ -102,10 +102,22 @@ impl EventLoop {
         write_state: Arc<WriteState>,
         write_window: Option<usize>,
     ) -> Key {
+        self.insert_stream_as(None, socket, owner, write_state, write_window)
+    }
+
+    /// As `insert_stream`, with the id promised to its user beforehand (`connect_into`).
+    pub(super) fn insert_stream_as(
+        &mut self,
+        id: Option<u64>,
+        socket: Arc<Socket>,
+        owner: Option<ConnectionGuard>,
+        write_state: Arc<WriteState>,
+        write_window: Option<usize>,
+    ) -> Key {
         let vacant = self.entries.vacant_entry();
         let key = Key {
             index: vacant.key(),
-            id: next_id(),
+            id: id.unwrap_or_else(next_id),
         };
         let reg = Registration::new(socket, self.shared.poller.clone(), key.index);
         vacant.insert(Entry::Stream(StreamEntry::new(

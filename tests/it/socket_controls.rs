@@ -369,3 +369,71 @@ fn writes_that_keep_moving_do_not_stall() {
     }
     assert_bytes_eq(&join_within(reader, TIMEOUT), &pattern(0, 8 << 20));
 }
+
+#[test]
+fn an_actor_connects_without_blocking_and_hears_the_outcome() {
+    let iotask = IoTask::spawn().unwrap();
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut mailbox: Mailbox = Mailbox::new();
+    let id = tcp::connect_into(server.local_addr().unwrap(), &iotask, &mailbox).unwrap();
+    let (mut peer, _) = server.accept().unwrap();
+    peer.write_all(b"hello actor").unwrap();
+    let sock = match mailbox.recv_timeout(TIMEOUT) {
+        Some(Event::Connected { socket, result }) => {
+            assert_eq!(socket, id);
+            result.unwrap()
+        }
+        other => panic!("expected Connected, got {other:?}"),
+    };
+    assert_eq!(sock.id(), id);
+    assert!(sock.nodelay().unwrap());
+    // Already attached: the data follows the announcement.
+    match mailbox.recv_timeout(TIMEOUT) {
+        Some(Event::Data { socket, data }) => {
+            assert_eq!(socket, id);
+            assert_eq!(data, b"hello actor");
+        }
+        other => panic!("expected Data, got {other:?}"),
+    }
+
+    let refused = tcp::connect_into(refused_addr(), &iotask, &mailbox).unwrap();
+    match mailbox.recv_timeout(TIMEOUT) {
+        Some(Event::Connected { socket, result }) => {
+            assert_eq!(socket, refused);
+            assert_eq!(result.unwrap_err(), tcp::ConnectError::ConnectionRefused);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_unix_connect_into_a_mailbox_succeeds_or_says_why_not() {
+    let dir = std::env::temp_dir().join(format!("iotask-connect-into-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let iotask = IoTask::spawn().unwrap();
+    let mut mailbox: Mailbox = Mailbox::new();
+    let id = iotask::unix::connect_into(&path, &iotask, &mailbox).unwrap();
+    let _peer = listener.accept().unwrap();
+    let sock = match mailbox.recv_timeout(TIMEOUT) {
+        Some(Event::ConnectedUnix { socket, result }) => {
+            assert_eq!(socket, id);
+            result.unwrap()
+        }
+        other => panic!("expected ConnectedUnix, got {other:?}"),
+    };
+    assert_eq!(sock.id(), id);
+    let missing = iotask::unix::connect_into(dir.join("none.sock"), &iotask, &mailbox).unwrap();
+    match mailbox.recv_timeout(TIMEOUT) {
+        Some(Event::ConnectedUnix { socket, result }) => {
+            assert_eq!(socket, missing);
+            assert!(
+                matches!(result, Err(tcp::ConnectError::Generic { ref name, .. }) if name == "ENOENT")
+            );
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
