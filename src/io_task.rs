@@ -12,6 +12,7 @@ pub(crate) mod listener;
 #[allow(unsafe_code)]
 pub(crate) mod registration;
 pub(crate) mod sink;
+pub(crate) mod stats;
 pub(crate) mod stream;
 #[allow(unsafe_code)]
 pub(crate) mod sys;
@@ -28,6 +29,7 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::io_task::command::Command;
 use crate::io_task::event_loop::EventLoop;
+use crate::io_task::stats::Stats;
 use crate::io_task::sys::Poller;
 
 /// A handle to an I/O task: one thread that owns an event loop and every socket and
@@ -98,6 +100,8 @@ pub(crate) struct Shared {
     thread: Mutex<Option<JoinHandle<()>>>,
     thread_id: Mutex<Option<ThreadId>>,
     pub(crate) read_window: usize,
+    /// The loop's counters when it ended (`IoTask::stats` asks the loop while it runs).
+    pub(crate) stats: Mutex<Stats>,
 }
 
 /// Shuts the task down when the last user handle goes.
@@ -143,6 +147,21 @@ impl IoTask {
     /// Never.
     pub fn shutdown(&self) {
         self.owner.shared.shutdown();
+    }
+
+    /// What the task has done so far: sockets open, bytes moved, waits, commands (see
+    /// [`Stats`]). Asks the loop, which answers between two cycles (a round trip through
+    /// the I/O thread; counting costs it nothing per message). Once the task stopped, its
+    /// final counts.
+    pub fn stats(&self) -> Stats {
+        let shared = &self.owner.shared;
+        let (reply, rx) = crate::oneshot::channel();
+        if shared.send(Command::Stats(reply)).is_ok() {
+            if let Ok(stats) = rx.recv() {
+                return stats;
+            }
+        }
+        *lock(&shared.stats)
     }
 
     /// Whether the task still runs (it was not shut down).
@@ -234,6 +253,7 @@ impl Builder {
             thread: Mutex::new(None),
             thread_id: Mutex::new(None),
             read_window: self.config.read_window,
+            stats: Mutex::new(Stats::default()),
         });
         let event_loop = EventLoop::new(shared.clone(), self.config);
         let thread = std::thread::Builder::new()
@@ -317,6 +337,7 @@ impl Shared {
             thread: Mutex::new(None),
             thread_id: Mutex::new(None),
             read_window: 1024 * 1024,
+            stats: Mutex::new(Stats::default()),
         })
     }
 }

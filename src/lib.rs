@@ -76,6 +76,14 @@
 // `unsafe` lives in the system-call layer and the registration only (they allow it).
 #![deny(unsafe_code)]
 
+/// Logs through the `log` facade with the `log` feature; compiles to nothing without it.
+macro_rules! log {
+    ($level:ident, $($arg:tt)*) => {
+        #[cfg(feature = "log")]
+        ::log::$level!(target: "iotask", $($arg)*);
+    };
+}
+
 mod error;
 mod io_task;
 mod mailbox;
@@ -88,6 +96,7 @@ pub mod tcp;
 pub mod unix;
 
 pub use error::{ConnectError, Error, ListenError};
+pub use io_task::stats::Stats;
 pub use io_task::{Builder, IoTask, global};
 pub use mailbox::{Event, Mailbox, MailboxSender, SocketId};
 pub use pool::IoPool;

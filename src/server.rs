@@ -168,7 +168,8 @@ impl<F: Family> Listener<F> {
             match &on_handler_error {
                 OnHandlerError::Raise => return Err(panic_error(&*payload)),
                 OnHandlerError::Ignore => {
-                    eprintln!("iotask: new_connect panicked (ignored): {message}");
+                    log!(warn, "new_connect panicked (ignored): {message}");
+                    let _ = &message;
                 }
                 OnHandlerError::Call(f) => {
                     let peer = peer.and_then(|p| inet(&p));

@@ -100,6 +100,8 @@ pub(crate) enum Command {
     ShutdownRead { key: Key, reply: Reply<()> },
     /// Reset the connection now: queued writes and the reader fail with `ABORTED`.
     Abort { key: Key, reply: Reply<()> },
+    /// Report the loop's counters.
+    Stats(oneshot::Sender<crate::io_task::stats::Stats>),
     /// The user dropped the stream: flush what is queued, then close.
     Close(Key),
     /// Close everything and stop the loop.
@@ -130,6 +132,7 @@ impl std::fmt::Debug for Command {
             Command::SetDeadline { .. } => "SetDeadline",
             Command::ShutdownRead { .. } => "ShutdownRead",
             Command::Abort { .. } => "Abort",
+            Command::Stats(_) => "Stats",
             Command::Close(_) => "Close",
             Command::Shutdown => "Shutdown",
             #[cfg(test)]

@@ -152,6 +152,7 @@ impl EventLoop {
                             continue;
                         }
                     }
+                    self.stats.connecting += 1;
                     vacant.insert(Entry::Connecting(ConnectEntry {
                         id: key.id,
                         reg,
@@ -236,6 +237,7 @@ impl EventLoop {
             // A failure leaves the family's option unset; the socket still works.
             let _ = setup(&socket);
         }
+        self.stats.connected += 1;
         let writes = Arc::new(WriteState::new());
         let id = match &job.reply {
             ConnectReply::Mailbox { id, .. } => Some(*id),

@@ -18,6 +18,7 @@ use crate::io_task::command::Command;
 use crate::io_task::connect::ConnectJob;
 use crate::io_task::entry::{Entry, Key};
 use crate::io_task::sink::{Delivery, Inbox, Sink};
+use crate::io_task::stats::Stats;
 use crate::io_task::sys::Events;
 use crate::io_task::timers::{Timer, Timers};
 use crate::io_task::{Config, Shared};
@@ -40,6 +41,9 @@ pub(crate) struct EventLoop {
     pub(super) timers: Timers,
     /// Set by `Command::Shutdown`.
     stopping: bool,
+    /// What the loop has done; sent to whoever asks (`Command::Stats`), and left in
+    /// `Shared::stats` when the loop ends.
+    pub(super) stats: Stats,
 }
 
 /// This cycle's deliveries, one batch per mailbox.
@@ -86,6 +90,7 @@ impl EventLoop {
             outbox: Outbox::default(),
             timers: Timers::new(),
             stopping: false,
+            stats: Stats::default(),
         }
     }
 
@@ -98,6 +103,10 @@ impl EventLoop {
         // From here on every call fails at once; then everyone still waiting hears it.
         self.shared.mark_stopped();
         if served.is_err() {
+            log!(
+                error,
+                "the I/O loop panicked (a bug in iotask); closing everything"
+            );
             // Whatever this cannot close is dropped below, which resolves its waiters too.
             let _ = catch_unwind(AssertUnwindSafe(|| self.close_all()));
         } else {
@@ -105,6 +114,7 @@ impl EventLoop {
         }
         // Commands queued while closing are dropped, resolving their replies.
         self.shared.mark_stopped();
+        *self.shared.stats.lock().unwrap_or_else(|p| p.into_inner()) = self.stats;
     }
 
     fn serve(&mut self, events: &mut Events) {
@@ -115,6 +125,7 @@ impl EventLoop {
             }
             self.flush_dirty();
             self.send_outbox();
+            self.stats.waits += 1;
 
             let timeout = self.timers.next_timeout();
             self.wait(events, timeout);
@@ -153,7 +164,8 @@ impl EventLoop {
         } else {
             Some(Duration::ZERO)
         };
-        if shared.poller.wait(events, timeout).is_err() {
+        if let Err(_e) = shared.poller.wait(events, timeout) {
+            log!(error, "the poller failed: {_e}");
             // A signal ends the wait without an error; anything else is a broken poller.
             // Sleep briefly so that a persistent failure cannot turn into a busy loop.
             std::thread::sleep(Duration::from_millis(1));
@@ -166,6 +178,7 @@ impl EventLoop {
     fn drain_commands(&mut self) {
         let shared = self.shared.clone();
         for command in shared.commands_rx.drain() {
+            self.stats.commands += 1;
             if self.stopping {
                 // Dropped: whoever waits on its reply reads `SHUTDOWN`.
                 drop(command);
@@ -288,6 +301,9 @@ impl EventLoop {
             Command::Abort { key, reply } => {
                 let _ = reply.send(self.abort(key));
             }
+            Command::Stats(reply) => {
+                let _ = reply.send(self.stats);
+            }
             Command::Close(key) => self.close_stream(key),
             Command::Shutdown => self.stopping = true,
             #[cfg(test)]
@@ -303,7 +319,13 @@ impl EventLoop {
     /// Takes the entry a key names out of the slab.
     pub(super) fn take(&mut self, key: Key) -> Option<Entry> {
         self.get(key)?;
-        Some(self.entries.remove(key.index))
+        let entry = self.entries.remove(key.index);
+        match &entry {
+            Entry::Stream(_) => self.stats.streams -= 1,
+            Entry::Listener(_) => self.stats.listeners -= 1,
+            Entry::Connecting(_) => self.stats.connecting -= 1,
+        }
+        Some(entry)
     }
 
     /// Hands a ready event to its slot's owner.

@@ -413,6 +413,7 @@ impl EventLoop {
             write: false,
             exclusive: state.config.shared_socket,
         })?;
+        self.stats.listeners += 1;
         vacant.insert(Entry::Listener(ListenerEntry {
             id,
             reg,
@@ -434,7 +435,7 @@ impl EventLoop {
     ) {
         if let Some(Entry::Listener(l)) = self.get(key) {
             let id = l.state.id;
-            self.entries.remove(key.index);
+            self.take(key);
             if close_connections {
                 self.close_connections_of(id);
             } else if drain.is_some() {
@@ -455,6 +456,7 @@ impl EventLoop {
             write: false,
             exclusive,
         }) {
+            log!(warn, "the poller refused a listening socket: {e}");
             self.remove(key, Error::from(e));
         }
     }
@@ -540,6 +542,7 @@ impl EventLoop {
                         // A failure leaves the family's option unset; the socket still works.
                         let _ = setup(&socket);
                     }
+                    self.stats.accepted += 1;
                     let socket = Arc::new(socket);
                     let writes = Arc::new(WriteState::new());
                     let stream_key = self.insert_stream(
@@ -554,6 +557,7 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if sys::accept_error_is_transient(&e) => {}
                 Err(e) if sys::accept_error_is_out_of_resources(&e) => {
+                    log!(warn, "accept: {e}; backing off");
                     // Out of descriptors or memory: in level mode the pending connection would
                     // be reported again at once, a busy loop. Stop asking until a timer fires;
                     // existing connections are served meanwhile.
@@ -565,7 +569,10 @@ impl EventLoop {
                     );
                     return;
                 }
-                Err(_) => return,
+                Err(_e) => {
+                    log!(warn, "accept: {_e}");
+                    return;
+                }
             }
         }
     }

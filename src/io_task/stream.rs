@@ -120,6 +120,7 @@ impl EventLoop {
             id: id.unwrap_or_else(next_id),
         };
         let reg = Registration::new(socket, self.shared.poller.clone(), key.index);
+        self.stats.streams += 1;
         vacant.insert(Entry::Stream(StreamEntry::new(
             key.id,
             reg,
@@ -329,6 +330,7 @@ impl EventLoop {
             exclusive: false,
         };
         if let Err(e) = s.reg.set_interest(want) {
+            log!(warn, "the poller refused a socket: {e}");
             // The kernel refused the registration (ENOMEM, ENOSPC): the stream can no longer
             // be served, so it fails loudly instead of hanging.
             self.fail_stream(key, Error::from(e));
@@ -367,6 +369,8 @@ impl EventLoop {
                     break;
                 }
                 Ok(n) => {
+                    self.stats.reads += 1;
+                    self.stats.bytes_read += n as u64;
                     let drained = n < self.buf.capacity();
                     let chunk = self.take_chunk();
                     self.deliver(key, Ok(chunk));
@@ -408,6 +412,9 @@ impl EventLoop {
     }
 
     fn end_reading(&mut self, key: Key, error: Error) {
+        if error.kind() == io::ErrorKind::ConnectionReset {
+            self.stats.resets += 1;
+        }
         if let Some(s) = self.any_stream(key) {
             s.read_end = Some(error.clone());
             self.deliver(key, Err(error));
@@ -506,12 +513,17 @@ impl EventLoop {
             match result {
                 Ok(n) => {
                     s.wrote(n);
+                    self.stats.writes += 1;
+                    self.stats.bytes_written += n as u64;
                     self.drained(key);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let error = Error::from(e);
+                    if error.kind() == io::ErrorKind::ConnectionReset {
+                        self.stats.resets += 1;
+                    }
                     // `EPIPE` is left out: it also follows a write after our own
                     // `shutdown_write`, when the connection is not broken at all.
                     let broken = matches!(

@@ -163,7 +163,8 @@ pub enum OnHandlerError {
     /// message is the panic's message. The default.
     #[default]
     Raise,
-    /// Report the panic on standard error and go on accepting.
+    /// Go on accepting; the panic is reported through the `log` facade (feature `log`,
+    /// level warn) and otherwise dropped.
     Ignore,
     /// Call the function with the client's address (when it was still known; always `None`
     /// on a Unix-domain listener, whose clients are usually unnamed) and the panic's

@@ -437,3 +437,49 @@ fn a_unix_connect_into_a_mailbox_succeeds_or_says_why_not() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn an_io_task_counts_what_it_does() {
+    let iotask = IoTask::spawn().unwrap();
+    let start = iotask.stats();
+    assert_eq!(
+        (start.streams, start.listeners, start.bytes_read),
+        (0, 0, 0)
+    );
+    let mut mailbox: Mailbox = Mailbox::new();
+    let server = tcp::bind("127.0.0.1:0", &ListenOptions::new(), &iotask)
+        .unwrap()
+        .into_mailbox(&mailbox)
+        .unwrap();
+    let mut client = TcpStream::connect(server.local_addr()).unwrap();
+    client.write_all(b"12345").unwrap();
+    let sock = match mailbox.recv_timeout(TIMEOUT) {
+        Some(Event::Accepted(sock)) => sock,
+        other => panic!("expected a connection, got {other:?}"),
+    };
+    assert!(matches!(
+        mailbox.recv_timeout(TIMEOUT),
+        Some(Event::Data { .. })
+    ));
+    sock.write(b"abc".to_vec()).unwrap();
+    let stats = iotask.stats();
+    assert_eq!((stats.streams, stats.listeners, stats.accepted), (1, 1, 1));
+    assert_eq!((stats.bytes_read, stats.bytes_written), (5, 3));
+    assert!(stats.reads >= 1 && stats.writes >= 1 && stats.waits >= 1 && stats.commands >= 2);
+    // The client resets the connection: counted once the loop reads it.
+    socket2::SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client);
+    match mailbox.recv_timeout(TIMEOUT) {
+        Some(Event::Closed { error, .. }) => assert_eq!(error.name(), "ECONNRESET"),
+        other => panic!("expected the reset, got {other:?}"),
+    }
+    assert_eq!(iotask.stats().resets, 1);
+    drop(sock);
+    server.stop().unwrap();
+    assert!(wait_until(TIMEOUT, || iotask.stats().streams == 0));
+    assert_eq!(iotask.stats().listeners, 0);
+    iotask.shutdown();
+    assert_eq!(iotask.stats().accepted, 1, "the final counts stay readable");
+}
