@@ -280,6 +280,76 @@ impl<F: Family> Stream<F> {
         }
     }
 
+    /// Sends `len` bytes of `file` from `offset` (to its end with `None`), in order with the
+    /// socket's other writes; the future resolves when the kernel has them all.
+    ///
+    /// The I/O task sends the file with `sendfile(2)` on Linux, a copy inside the kernel
+    /// that never passes through this process, a megabyte at a time so that a large file
+    /// shares the loop with other sockets; elsewhere (and on file systems without
+    /// `sendfile`) it reads and sends 64 KiB at a time. The socket keeps its own handle to
+    /// the file (`File::try_clone`), so `file` may be dropped at once. Deadlines, the age
+    /// limit and the watermarks count the file's bytes as any other write's.
+    ///
+    /// # Errors
+    ///
+    /// Through the future: as [`write_future`](Stream::write_future); `"EINVAL"` for an
+    /// `offset` past the end; the file's own read errors; `UnexpectedEof` when the file
+    /// shrank below `offset + len` while being sent (the socket's writes then fail, as the
+    /// stream was cut short).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::io::Read;
+    /// # use iotask::tcp;
+    /// # let iotask = iotask::IoTask::spawn()?;
+    /// # let server = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// # let sock = tcp::connect(server.local_addr()?, &iotask)?;
+    /// # let (mut peer, _) = server.accept()?;
+    /// let path = std::env::temp_dir().join(format!("iotask-send-file-{}", std::process::id()));
+    /// std::fs::write(&path, b"headerpayload")?;
+    /// let file = std::fs::File::open(&path)?;
+    /// sock.write(b"> ".to_vec())?;
+    /// sock.send_file(&file, 6, None).get()?;
+    /// let mut got = [0; 9];
+    /// peer.read_exact(&mut got)?;
+    /// assert_eq!(&got, b"> payload");
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_file(&self, file: &std::fs::File, offset: u64, len: Option<u64>) -> WriteFuture {
+        let plan = || -> Result<(std::fs::File, usize), Error> {
+            let size = file.metadata()?.len();
+            if offset > size {
+                return Err(Error::new(
+                    "EINVAL",
+                    "the offset is past the end of the file",
+                    std::io::ErrorKind::InvalidInput,
+                ));
+            }
+            let len = len.unwrap_or(size - offset);
+            let len = usize::try_from(len).map_err(|_| {
+                Error::new(
+                    "EINVAL",
+                    "the length does not fit in memory's address range",
+                    std::io::ErrorKind::InvalidInput,
+                )
+            })?;
+            Ok((file.try_clone()?, len))
+        };
+        if self
+            .raw
+            .deadline()
+            .is_some_and(|d| d <= std::time::Instant::now())
+        {
+            return WriteFuture::ready(Err(Error::write_timeout(0)));
+        }
+        match plan().and_then(|(file, len)| self.raw.send_file(file, offset, len)) {
+            Ok(seq) => WriteFuture::queued(self.raw.writes().clone(), seq),
+            Err(e) => WriteFuture::ready(Err(e)),
+        }
+    }
+
     /// Bytes handed to [`write_future`](Stream::write_future) (or `write`) that are not
     /// yet in the kernel; zero once the socket is closed.
     ///

@@ -91,6 +91,13 @@ pub(crate) enum Command {
     Unread { key: Key, data: Vec<u8> },
     /// Queue bytes for writing; the stream's `WriteState` tells when the kernel has them.
     Write { key: Key, data: Vec<u8> },
+    /// Queue `len` bytes of `file` from `offset`, in order with the writes (`send_file`).
+    SendFile {
+        key: Key,
+        file: std::fs::File,
+        offset: u64,
+        len: usize,
+    },
     /// The reader drained its window: read the stream again.
     Resume(Key),
     /// From `deadline` on, writes still queued fail with `ETIMEDOUT` (`None`: no deadline).
@@ -128,6 +135,7 @@ impl std::fmt::Debug for Command {
             Command::Detach { .. } => "Detach",
             Command::Unread { .. } => "Unread",
             Command::Write { .. } => "Write",
+            Command::SendFile { .. } => "SendFile",
             Command::Resume(_) => "Resume",
             Command::SetDeadline { .. } => "SetDeadline",
             Command::ShutdownRead { .. } => "ShutdownRead",

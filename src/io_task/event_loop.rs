@@ -19,6 +19,7 @@ use crate::io_task::connect::ConnectJob;
 use crate::io_task::entry::{Entry, Key};
 use crate::io_task::sink::{Delivery, Inbox, Sink};
 use crate::io_task::stats::Stats;
+use crate::io_task::stream::Payload;
 use crate::io_task::sys::Events;
 use crate::io_task::timers::{Timer, Timers};
 use crate::io_task::{Config, Shared};
@@ -287,7 +288,13 @@ impl EventLoop {
                     self.take_back(key, Ok(data), true);
                 }
             }
-            Command::Write { key, data } => self.queue_write(key, data),
+            Command::Write { key, data } => self.queue_write(key, Payload::Bytes(data)),
+            Command::SendFile {
+                key,
+                file,
+                offset,
+                len,
+            } => self.queue_write(key, Payload::File { file, offset, len }),
             Command::Resume(key) => {
                 if let Some(s) = self.stream(key) {
                     s.paused = false;

@@ -130,6 +130,30 @@ impl RawStream {
         queued
     }
 
+    /// Queues `len` bytes of `file` from `offset` after every earlier write; returns the
+    /// write's number, as `write` does.
+    pub(crate) fn send_file(
+        &self,
+        file: std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Result<u64, Error> {
+        self.writes.queued.fetch_add(len, Ordering::SeqCst);
+        let key = self.key;
+        let queued = self.writes.queue(|| {
+            self.task.send(Command::SendFile {
+                key,
+                file,
+                offset,
+                len,
+            })
+        });
+        if queued.is_err() {
+            self.writes.queued.fetch_sub(len, Ordering::SeqCst);
+        }
+        queued
+    }
+
     /// Bytes queued and not yet in the kernel; zero once the stream is closed.
     pub(crate) fn queued_bytes(&self) -> usize {
         let queued = self.writes.queued.load(Ordering::SeqCst);

@@ -23,6 +23,8 @@ use crate::oneshot::Settled;
 const READS_PER_CYCLE: usize = 4;
 /// Queued writes gathered into one `sendmsg`.
 const MAX_IOVECS: usize = 64;
+/// Bytes of a file one `sendfile` is asked for, so that a large file shares the loop.
+const FILE_CHUNK: usize = 1 << 20;
 
 /// A connected stream and everything queued on it.
 ///
@@ -84,10 +86,32 @@ pub(crate) struct StreamEntry {
     pub(crate) write_blocked: bool,
 }
 
+/// What a queued write sends.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    Bytes(Vec<u8>),
+    /// `len` bytes of `file` from `offset` (`send_file`), sent by `sendfile(2)` where the
+    /// system has it.
+    File {
+        file: std::fs::File,
+        offset: u64,
+        len: usize,
+    },
+}
+
+impl Payload {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Payload::Bytes(data) => data.len(),
+            Payload::File { len, .. } => *len,
+        }
+    }
+}
+
 /// A write in the queue.
 #[derive(Debug)]
 pub(crate) struct PendingWrite {
-    pub(crate) data: Vec<u8>,
+    pub(crate) data: Payload,
     /// Bytes of `data` already written.
     pub(crate) written: usize,
     /// When it was queued, for a stream with a write age limit (else `None`).
@@ -421,7 +445,7 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn queue_write(&mut self, key: Key, data: Vec<u8>) {
+    pub(super) fn queue_write(&mut self, key: Key, data: Payload) {
         let len = data.len();
         let Some(s) = self.stream(key) else {
             // The stream is gone: its `WriteState` recorded the failure that this write,
@@ -433,7 +457,7 @@ impl EventLoop {
             s.write_state.queued.fetch_sub(len, Ordering::SeqCst);
             return;
         }
-        if data.is_empty() && s.writes.is_empty() {
+        if len == 0 && s.writes.is_empty() {
             s.write_state.complete_one();
             return;
         }
@@ -490,25 +514,46 @@ impl EventLoop {
     /// `send`, for a single buffer) at a time.
     fn flush(&mut self, key: Key) {
         loop {
-            let Some(s) = self.any_stream(key) else {
+            // Borrow only the slab, so that the receive buffer is free for a file's copy.
+            let Some(Entry::Stream(s)) =
+                self.entries.get_mut(key.index).filter(|e| e.id() == key.id)
+            else {
                 return;
             };
             if s.writes.is_empty() {
                 break;
             }
-            let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            for w in s.writes.iter().take(MAX_IOVECS) {
-                slices[count] = IoSlice::new(&w.data[w.written..]);
-                count += 1;
-            }
             let socket = s.reg.socket();
-            // One buffer (the common case of a reply per request) goes out with `send`,
-            // which skips the kernel's copy-in of a message header and an iovec array.
-            let result = if count == 1 {
-                sys::send(socket, &slices[0])
+            let result = if let Some(PendingWrite {
+                data: Payload::File { file, offset, len },
+                written,
+                ..
+            }) = s.writes.front()
+            {
+                let at = offset + *written as u64;
+                sys::send_file(
+                    socket,
+                    file,
+                    at,
+                    (len - written).min(FILE_CHUNK),
+                    &mut self.buf,
+                )
             } else {
-                sys::send_vectored(socket, &slices[..count])
+                // Bytes up to the next file, gathered.
+                let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut count = 0;
+                for w in s.writes.iter().take(MAX_IOVECS) {
+                    let Payload::Bytes(data) = &w.data else { break };
+                    slices[count] = IoSlice::new(&data[w.written..]);
+                    count += 1;
+                }
+                // One buffer (the common case of a reply per request) goes out with `send`,
+                // which skips the kernel's copy-in of a message header and an iovec array.
+                if count == 1 {
+                    sys::send(socket, &slices[0])
+                } else {
+                    sys::send_vectored(socket, &slices[..count])
+                }
             };
             match result {
                 Ok(n) => {

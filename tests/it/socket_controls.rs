@@ -483,3 +483,90 @@ fn an_io_task_counts_what_it_does() {
     iotask.shutdown();
     assert_eq!(iotask.stats().accepted, 1, "the final counts stay readable");
 }
+
+/// A temporary file holding `len` bytes of the test pattern from `offset`, removed on drop.
+struct PatternFile(std::path::PathBuf);
+
+impl PatternFile {
+    fn new(name: &str, offset: u64, len: usize) -> PatternFile {
+        let path = std::env::temp_dir().join(format!("iotask-{name}-{}", std::process::id()));
+        std::fs::write(&path, pattern(offset, len)).unwrap();
+        PatternFile(path)
+    }
+
+    fn open(&self) -> std::fs::File {
+        std::fs::File::open(&self.0).unwrap()
+    }
+}
+
+impl Drop for PatternFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn a_file_far_larger_than_the_send_buffer_goes_out_in_order_with_the_writes() {
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, mut peer) = connected_pair(&iotask);
+    let head = 1000;
+    let file_len = 48 << 20;
+    // The file holds the pattern from `head` on, so that head, file and tail read as one
+    // stretch of the pattern.
+    let file = PatternFile::new("send-file", head as u64, file_len + 5000);
+    let handle = file.open();
+    drop(sock.write_future(pattern(0, head)));
+    let sent = sock.send_file(&handle, 0, Some(file_len as u64));
+    drop(handle);
+    let tail_at = (head + file_len) as u64;
+    let tail = sock.write_future(pattern(tail_at, 3000));
+    let total = head + file_len + 3000;
+    let reader = std::thread::spawn(move || read_exact_std(&mut peer, total));
+    sent.get().unwrap();
+    tail.get().unwrap();
+    assert_pattern(&join_within(reader, TIMEOUT), total);
+    // From an offset to the end.
+    let (sock, mut peer) = connected_pair(&iotask);
+    sock.send_file(&file.open(), (file_len + 1000) as u64, None)
+        .get()
+        .unwrap();
+    let got = read_exact_std(&mut peer, 4000);
+    assert_bytes_eq(&got, &pattern((head + file_len + 1000) as u64, 4000));
+    let e = sock
+        .send_file(&file.open(), 1 << 40, None)
+        .get()
+        .unwrap_err();
+    assert_eq!(e.name(), "EINVAL");
+}
+
+#[test]
+fn a_file_send_keeps_the_socket_deadline() {
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, _peer) = connected_pair(&iotask);
+    let file = PatternFile::new("send-file-deadline", 0, 64 << 20);
+    sock.timeout_after(Duration::from_millis(200)).unwrap();
+    let e = sock.send_file(&file.open(), 0, None).get().unwrap_err();
+    assert!(e.is_timeout(), "{e:?}");
+    assert!(e.bytes_written().unwrap() < 64 << 20);
+}
+
+#[test]
+fn a_file_goes_out_over_a_unix_socket_too() {
+    let dir =
+        std::env::temp_dir().join(format!("iotask-send-file-unix-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let iotask = IoTask::spawn().unwrap();
+    let sock = iotask::unix::connect(&path, &iotask).unwrap();
+    let (mut peer, _) = listener.accept().unwrap();
+    peer.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let file = PatternFile::new("send-file-unix", 0, 3 << 20);
+    let sent = sock.send_file(&file.open(), 0, None);
+    let mut got = vec![0; 3 << 20];
+    peer.read_exact(&mut got).unwrap();
+    sent.get().unwrap();
+    assert_pattern(&got, 3 << 20);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

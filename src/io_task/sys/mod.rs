@@ -75,7 +75,7 @@ pub(crate) use self::polling::{Events, Poller};
 mod socket;
 pub(crate) use socket::{
     accept_error_is_out_of_resources, accept_error_is_transient, accept_nonblocking, reset,
-    reuse_port_spreads, send, send_vectored, set_reuse_port,
+    reuse_port_spreads, send, send_file, send_vectored, set_reuse_port,
 };
 #[cfg(unix)]
 pub(crate) use socket::{peer_cred, unix_socket_addr};

@@ -224,3 +224,69 @@ pub(crate) fn reset(socket: &Socket) {
     let _ = socket.set_linger(Some(std::time::Duration::ZERO));
     let _ = socket.shutdown(std::net::Shutdown::Both);
 }
+
+/// Sends up to `max` bytes of `file` from `offset` on a connected socket: `sendfile(2)` on
+/// Linux and Android, which copies inside the kernel; elsewhere, or where `sendfile` cannot
+/// serve (`EINVAL`, `ENOSYS`: a file system without it), a read into `buf` and a send. `buf`
+/// is the loop's receive buffer, empty before and after. A file that ends before `offset +
+/// max` fails with `UnexpectedEof`.
+pub(crate) fn send_file(
+    socket: &Socket,
+    file: &std::fs::File,
+    offset: u64,
+    max: usize,
+    buf: &mut Vec<u8>,
+) -> io::Result<usize> {
+    if max == 0 {
+        return Ok(0);
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        let mut off = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset too large"))?;
+        // SAFETY: both descriptors are open for the call (`socket` and `file` are borrowed),
+        // and `off` is a valid `off_t` the kernel may update.
+        let n = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut off, max) };
+        match n {
+            0 => return Err(file_ended()),
+            n if n > 0 => return Ok(n as usize),
+            _ => {
+                let e = io::Error::last_os_error();
+                if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    send_file_copy(socket, file, offset, max, buf)
+}
+
+/// `send_file` by reading the file into `buf` and sending what was read.
+pub(crate) fn send_file_copy(
+    socket: &Socket,
+    file: &std::fs::File,
+    offset: u64,
+    max: usize,
+    buf: &mut Vec<u8>,
+) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    debug_assert!(buf.is_empty());
+    let want = max.min(buf.capacity().max(64 * 1024));
+    buf.resize(want, 0);
+    let read = file.read_at(buf, offset);
+    let result = match read {
+        Ok(0) => Err(file_ended()),
+        Ok(n) => send(socket, &buf[..n]),
+        Err(e) => Err(e),
+    };
+    buf.clear();
+    result
+}
+
+fn file_ended() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the file ended before the bytes asked for",
+    )
+}

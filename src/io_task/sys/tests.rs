@@ -359,3 +359,27 @@ fn the_backend_is_the_one_the_build_selects() {
     };
     assert!(name.contains(expected), "{name}");
 }
+
+/// The copying `send_file`, which every system but Linux uses: bytes from the offset, at
+/// most the length asked for, and an error when the file is too short.
+#[test]
+fn send_file_copy_sends_the_file_s_bytes() {
+    use std::os::unix::net::UnixStream;
+    let path = std::env::temp_dir().join(format!("iotask-sys-send-file-{}", std::process::id()));
+    std::fs::write(&path, b"0123456789").unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let (a, mut b) = UnixStream::pair().unwrap();
+    let socket = Socket::from(a);
+    let mut buf = Vec::with_capacity(4);
+    assert_eq!(
+        super::socket::send_file_copy(&socket, &file, 3, 5, &mut buf).unwrap(),
+        5
+    );
+    assert!(buf.is_empty());
+    let mut got = [0; 5];
+    b.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"34567");
+    let e = super::socket::send_file_copy(&socket, &file, 10, 5, &mut buf).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+    std::fs::remove_file(&path).unwrap();
+}
