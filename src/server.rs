@@ -94,6 +94,25 @@ impl<F: Family> Listener<F> {
         }
     }
 
+    /// Wraps a listening socket made elsewhere (a `std` listener), made non-blocking here.
+    pub(crate) fn adopt(
+        socket: Socket,
+        iotask: &IoTask,
+        options: &ListenOptions,
+        setup: Option<SetupFn>,
+    ) -> Result<Listener<F>, ListenError> {
+        socket.set_nonblocking(true)?;
+        let local_addr = F::socket_addr(&socket, false)?;
+        Ok(Listener::new(
+            vec![socket],
+            vec![iotask.clone()],
+            options,
+            local_addr,
+            false,
+            setup,
+        ))
+    }
+
     /// Removes `path` when the listener closes, if it is still this socket's file.
     pub(crate) fn unlink_on_close(&mut self, path: PathBuf, dev: u64, ino: u64) {
         self.unlink = Some((path, dev, ino));
@@ -342,6 +361,15 @@ impl<F: Family> Drop for Listener<F> {
         if let Some((path, dev, ino)) = self.unlink.take() {
             unlink_if_ours(&path, dev, ino);
         }
+    }
+}
+
+/// The (first) listening socket's descriptor, for options iotask has no method for. Only
+/// the I/O task may accept on it, close it or change its blocking mode.
+#[cfg(unix)]
+impl<F: Family> std::os::fd::AsFd for Listener<F> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sockets[0].as_fd()
     }
 }
 

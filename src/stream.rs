@@ -411,6 +411,58 @@ impl<F: Family> Stream<F> {
         self.raw.detach()
     }
 
+    /// Another handle to the same connection, for another thread (the socket is also `Sync`,
+    /// so an `Arc` works as well). The connection closes when the last handle is dropped.
+    ///
+    /// The rule for several handles: reads go to one reader at a time (a port, a future or a
+    /// mailbox, through any handle; another gets `"BUSY"`), so one thread reads while others
+    /// write; writes from several handles go out whole, each after the writes queued before
+    /// it, never interleaved inside one write. Options, deadlines, shutdowns and `abort`
+    /// belong to the connection: through any handle, they apply to all. Mailbox events
+    /// carry the same [`id`](Stream::id) for every handle.
+    ///
+    /// # Errors
+    ///
+    /// `"SHUTDOWN"` when the I/O task stopped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use iotask::tcp;
+    /// # let iotask = iotask::IoTask::spawn()?;
+    /// # let server = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// # let sock = tcp::connect(server.local_addr()?, &iotask)?;
+    /// # let (mut peer, _) = server.accept()?;
+    /// let writer = sock.try_clone()?;
+    /// std::thread::spawn(move || writer.write(b"from another thread".to_vec()));
+    /// std::io::Write::write_all(&mut peer, b"hi")?;
+    /// assert_eq!(sock.read(Duration::from_secs(5))?, b"hi");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_clone(&self) -> Result<Stream<F>, Error> {
+        Ok(Stream::from_raw(self.raw.try_clone()?))
+    }
+
+    /// Takes the socket out of the I/O task: unregistered, open, in blocking mode, for
+    /// `std::net::TcpStream::from` or `UnixStream::from` (the families' `into_std`).
+    pub(crate) fn into_socket(self) -> Result<socket2::Socket, IntoStdError<F>> {
+        match self.raw.release() {
+            Ok(socket) => {
+                socket.set_nonblocking(false).map_err(|e| IntoStdError {
+                    inner: Box::new((Error::from(e), None)),
+                })?;
+                Ok(socket)
+            }
+            Err(failed) => {
+                let (error, raw) = *failed;
+                Err(IntoStdError {
+                    inner: Box::new((error, raw.map(Stream::from_raw))),
+                })
+            }
+        }
+    }
+
     /// This socket's identity, as mailbox events carry it. Unique in the process.
     pub fn id(&self) -> SocketId {
         SocketId(self.raw.key().id)
@@ -761,6 +813,46 @@ impl<F: Family> fmt::Debug for Stream<F> {
             .finish()
     }
 }
+
+/// Why a socket could not be taken out of its I/O task, with the socket given back.
+pub struct IntoStdError<F: Family> {
+    inner: Box<(Error, Option<Stream<F>>)>,
+}
+
+impl<F: Family> IntoStdError<F> {
+    /// Why: `"BUSY"` while other handles exist, a reader is attached, or bytes wait to be
+    /// read or written (handing the socket out would lose or reorder them); `"CLOSED"` or
+    /// `"SHUTDOWN"` when it is gone.
+    pub fn error(&self) -> &Error {
+        &self.inner.0
+    }
+
+    /// The socket, still served by its I/O task (`None` only when it had already been let
+    /// go and putting it into blocking mode failed).
+    pub fn into_inner(self) -> Option<Stream<F>> {
+        self.inner.1
+    }
+}
+
+impl<F: Family> fmt::Debug for IntoStdError<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IntoStdError")
+            .field("error", &self.inner.0)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Family> fmt::Display for IntoStdError<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot take the socket out of its i/o task: {}",
+            self.inner.0
+        )
+    }
+}
+
+impl<F: Family> std::error::Error for IntoStdError<F> {}
 
 impl<F: Family> fmt::Debug for NewConnection<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -202,6 +202,33 @@ impl Stream<Tcp> {
         }
     }
 
+    /// Takes the socket out of its I/O task, as a blocking `std` stream with its options as
+    /// they are. Refused, with the socket given back, while other handles
+    /// ([`try_clone`](Stream::try_clone)) exist, a reader is attached, or bytes wait to be
+    /// read or written: handing it out then would lose or reorder them.
+    ///
+    /// # Errors
+    ///
+    /// [`IntoStdError`](stream::IntoStdError): `"BUSY"` as above, `"CLOSED"` or
+    /// `"SHUTDOWN"` when the socket or the task is gone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::io::{Read, Write};
+    /// # use iotask::tcp;
+    /// # let iotask = iotask::IoTask::spawn()?;
+    /// # let server = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let sock = tcp::connect(server.local_addr()?, &iotask)?;
+    /// sock.write(b"through iotask".to_vec())?;
+    /// let mut std_stream = sock.into_std()?;
+    /// std_stream.write_all(b", then std")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn into_std(self) -> Result<std::net::TcpStream, stream::IntoStdError<Tcp>> {
+        self.into_socket().map(std::net::TcpStream::from)
+    }
+
     /// Whether `TCP_NODELAY` is set (iotask sets it on every socket it accepts or connects,
     /// unless [`ListenOptions::nodelay`] says otherwise).
     ///
@@ -210,6 +237,42 @@ impl Stream<Tcp> {
     /// As `getsockopt(2)`.
     pub fn nodelay(&self) -> std::io::Result<bool> {
         self.raw().socket().tcp_nodelay()
+    }
+}
+
+impl server::Listener<Tcp> {
+    /// Serves a listener made elsewhere (a `std::net::TcpListener`, bound and listening,
+    /// perhaps inherited from a parent process), made non-blocking here. Of `options`, what
+    /// applies after binding does (limits, accepted sockets' options, handler errors); the
+    /// binding options do not.
+    ///
+    /// # Errors
+    ///
+    /// As `fcntl(2)` and `getsockname(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use iotask::{server::ListenOptions, tcp};
+    ///
+    /// let iotask = iotask::IoTask::spawn()?;
+    /// let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let listener = tcp::Listener::from_std(std_listener, &ListenOptions::new(), &iotask)?;
+    /// let server = listener.spawn(|conn, _| drop(conn))?;
+    /// server.stop()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_std(
+        listener: std::net::TcpListener,
+        options: &ListenOptions,
+        iotask: &IoTask,
+    ) -> Result<Listener, ListenError> {
+        Listener::adopt(
+            Socket::from(listener),
+            iotask,
+            options,
+            accepted_setup(options),
+        )
     }
 }
 

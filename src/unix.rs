@@ -106,6 +106,16 @@ impl Stream<Unix> {
         )?))
     }
 
+    /// Takes the socket out of its I/O task, as a blocking `std` stream; see
+    /// [`TcpSocket::into_std`](crate::tcp::TcpSocket::into_std) for when it is refused.
+    ///
+    /// # Errors
+    ///
+    /// As [`TcpSocket::into_std`](crate::tcp::TcpSocket::into_std).
+    pub fn into_std(self) -> Result<std::os::unix::net::UnixStream, stream::IntoStdError<Unix>> {
+        self.into_socket().map(std::os::unix::net::UnixStream::from)
+    }
+
     /// The credentials of the process at the other end, as the kernel recorded them when
     /// the connection was made (`SO_PEERCRED` on Linux, `getpeereid` elsewhere).
     ///
@@ -163,6 +173,23 @@ impl ToUnixAddr for SocketAddr {
 impl<T: ToUnixAddr + ?Sized> ToUnixAddr for &T {
     fn to_unix_addr(&self) -> io::Result<SocketAddr> {
         (**self).to_unix_addr()
+    }
+}
+
+impl server::Listener<Unix> {
+    /// Serves a listener made elsewhere (a `std::os::unix::net::UnixListener`), made
+    /// non-blocking here. Its socket file is not iotask's: the listener leaves it in place
+    /// when it closes.
+    ///
+    /// # Errors
+    ///
+    /// As `fcntl(2)` and `getsockname(2)`.
+    pub fn from_std(
+        listener: std::os::unix::net::UnixListener,
+        options: &ListenOptions,
+        iotask: &IoTask,
+    ) -> Result<Listener, ListenError> {
+        Listener::adopt(Socket::from(listener), iotask, options, None)
     }
 }
 

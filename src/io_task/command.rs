@@ -109,7 +109,12 @@ pub(crate) enum Command {
     Abort { key: Key, reply: Reply<()> },
     /// Report the loop's counters.
     Stats(oneshot::Sender<crate::io_task::stats::Stats>),
-    /// The user dropped the stream: flush what is queued, then close.
+    /// Give the stream up, unregistered and open (`into_std`), if nothing would be lost.
+    Release { key: Key, reply: Reply<()> },
+    /// The user made another handle to the stream (`try_clone`).
+    AddHandle(Key),
+    /// The user dropped a handle to the stream: once the last is gone, flush what is
+    /// queued, then close.
     Close(Key),
     /// Close everything and stop the loop.
     Shutdown,
@@ -141,6 +146,8 @@ impl std::fmt::Debug for Command {
             Command::ShutdownRead { .. } => "ShutdownRead",
             Command::Abort { .. } => "Abort",
             Command::Stats(_) => "Stats",
+            Command::Release { .. } => "Release",
+            Command::AddHandle(_) => "AddHandle",
             Command::Close(_) => "Close",
             Command::Shutdown => "Shutdown",
             #[cfg(test)]

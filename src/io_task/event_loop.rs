@@ -311,7 +311,23 @@ impl EventLoop {
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats);
             }
-            Command::Close(key) => self.close_stream(key),
+            Command::Release { key, reply } => {
+                let _ = reply.send(self.release(key));
+            }
+            Command::AddHandle(key) => {
+                if let Some(s) = self.stream(key) {
+                    s.handles += 1;
+                }
+            }
+            Command::Close(key) => {
+                if let Some(s) = self.stream(key) {
+                    s.handles -= 1;
+                    if s.handles > 0 {
+                        return;
+                    }
+                }
+                self.close_stream(key);
+            }
             Command::Shutdown => self.stopping = true,
             #[cfg(test)]
             Command::Panic => panic!("a test made the loop panic"),

@@ -27,9 +27,9 @@ pub(crate) struct RawStream {
     socket: Arc<Socket>,
     /// Numbers writes, counts queued bytes, and tells waiters when writes complete.
     writes: Arc<WriteState>,
-    /// The socket's deadline, which bounds blocking reads on the user's side; the loop has
-    /// its own copy, for the writes.
-    deadline: std::sync::Mutex<Option<Instant>>,
+    /// Set once the loop gave the socket up (`release`): dropping the handle then sends no
+    /// `Close`.
+    released: bool,
 }
 
 /// The receiving half of a port: what `read_start` gives the public `ReadPort`.
@@ -50,8 +50,42 @@ impl RawStream {
             task,
             socket,
             writes,
-            deadline: std::sync::Mutex::new(None),
+            released: false,
         }
+    }
+
+    /// Takes the socket out of the I/O task, unregistered and open, for a `std` stream.
+    /// Refused (`"BUSY"`) while other handles exist, a reader is attached, or bytes wait
+    /// to be read or written: handing the socket out then would lose or reorder them.
+    /// On failure the handle comes back, unless the socket was let go and could not be
+    /// taken (which the loop's checks rule out).
+    pub(crate) fn release(mut self) -> Result<Socket, Box<(Error, Option<RawStream>)>> {
+        if let Err(e) = self.request(|reply| Command::Release {
+            key: self.key,
+            reply,
+        }) {
+            return Err(Box::new((e, Some(self))));
+        }
+        self.released = true;
+        let socket = self.socket.clone();
+        drop(self);
+        // The loop dropped its reference when it let the socket go, and this handle is gone,
+        // so this is the last one; were it not, a duplicate descriptor serves as well.
+        Arc::try_unwrap(socket)
+            .or_else(|shared| shared.try_clone())
+            .map_err(|e| Box::new((Error::from(e), None)))
+    }
+
+    /// Another handle to the same stream: the stream closes when the last handle is dropped.
+    pub(crate) fn try_clone(&self) -> Result<RawStream, Error> {
+        self.task.send(Command::AddHandle(self.key))?;
+        Ok(RawStream {
+            key: self.key,
+            task: self.task.clone(),
+            socket: self.socket.clone(),
+            writes: self.writes.clone(),
+            released: false,
+        })
     }
 
     pub(crate) fn writes(&self) -> &Arc<WriteState> {
@@ -190,7 +224,11 @@ impl RawStream {
 
     /// Sets (or clears) the socket's deadline.
     pub(crate) fn set_deadline(&self, deadline: Option<Instant>) -> Result<(), Error> {
-        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = deadline;
+        *self
+            .writes
+            .deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = deadline;
         self.task.send(Command::SetDeadline {
             key: self.key,
             deadline,
@@ -199,7 +237,11 @@ impl RawStream {
 
     /// The socket's deadline.
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        *self.deadline.lock().unwrap_or_else(|p| p.into_inner())
+        *self
+            .writes
+            .deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Shuts down the receiving side (see `EventLoop::shutdown_read`).
@@ -266,8 +308,10 @@ impl RawStream {
 
 impl Drop for RawStream {
     fn drop(&mut self) {
-        // A stopped task has closed the stream already.
-        let _ = self.task.send(Command::Close(self.key));
+        if !self.released {
+            // A stopped task has closed the stream already.
+            let _ = self.task.send(Command::Close(self.key));
+        }
     }
 }
 

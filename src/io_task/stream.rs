@@ -53,6 +53,9 @@ pub(crate) struct StreamEntry {
     pub(crate) writes: VecDeque<PendingWrite>,
     /// Set after a write failed: every later write fails with it, and `writes` is empty.
     pub(crate) write_error: Option<Error>,
+    /// The user's handles to the stream (`try_clone` makes more); it closes when the last
+    /// is dropped. At least 1 while the stream is not closing.
+    pub(crate) handles: usize,
     /// Set once more than the high watermark was queued; cleared, with a `Drained` event to
     /// the stream's mailbox, once no more than the low watermark is.
     pub(crate) above_high: bool,
@@ -700,6 +703,27 @@ impl EventLoop {
         Ok(())
     }
 
+    /// Lets a stream go, unregistered and open, if that loses nothing: one handle, no
+    /// reader, nothing stashed or queued.
+    pub(super) fn release(&mut self, key: Key) -> Result<(), Error> {
+        let Some(s) = self.stream(key) else {
+            return Err(Error::closed());
+        };
+        s.reclaim();
+        let busy =
+            s.handles > 1 || !s.sink.is_abandoned() || !s.stash.is_empty() || !s.writes.is_empty();
+        if busy {
+            return Err(Error::new(
+                "BUSY",
+                "other handles, a reader, or bytes still waiting would be lost",
+                io::ErrorKind::ResourceBusy,
+            ));
+        }
+        // Dropping the entry deletes the registration; the user's handle keeps the socket.
+        self.take(key);
+        Ok(())
+    }
+
     /// Resets the connection now: queued writes fail and the reader ends with `ABORTED`.
     pub(super) fn abort(&mut self, key: Key) -> Result<(), Error> {
         let Some(s) = self.stream(key) else {
@@ -824,6 +848,7 @@ impl StreamEntry {
             paused: false,
             writes: VecDeque::new(),
             write_error: None,
+            handles: 1,
             above_high: false,
             deadline: None,
             broken: None,

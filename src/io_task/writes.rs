@@ -36,6 +36,9 @@ pub(crate) struct WriteState {
     /// How long, in milliseconds, queued bytes may wait before the stream fails (0: no
     /// limit).
     pub(crate) age_limit_ms: AtomicU64,
+    /// The socket's deadline, shared by all its handles, which bounds blocking reads on the
+    /// user's side; the loop keeps its own copy, for the writes.
+    pub(crate) deadline: Mutex<Option<std::time::Instant>>,
     /// The number the next write gets. Held while the write command is sent, so that
     /// numbers follow the order in which the loop receives the writes.
     next: Mutex<u64>,

@@ -76,6 +76,20 @@ impl<F: Family> SocketBuf<F> {
         self.read_timeout = timeout;
     }
 
+    /// Another buffered socket on the same connection, with buffers of its own: one for a
+    /// thread that reads, one for a thread that writes (see [`Stream::try_clone`] for the
+    /// rule: one reader at a time, any number of writers).
+    ///
+    /// # Errors
+    ///
+    /// As [`Stream::try_clone`].
+    pub fn try_clone(&self) -> Result<SocketBuf<F>, Error> {
+        let mut clone = SocketBuf::new(self.get_ref().try_clone()?);
+        clone.read_timeout = self.read_timeout;
+        clone.write_timeout = self.write_timeout;
+        Ok(clone)
+    }
+
     /// Makes flushes fail with [`io::ErrorKind::TimedOut`] when the kernel has not taken the
     /// bytes within `timeout`; `None` (the default) waits forever (or until the socket's
     /// deadline). The bytes stay queued and still go out.

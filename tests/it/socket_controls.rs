@@ -570,3 +570,98 @@ fn a_file_goes_out_over_a_unix_socket_too() {
     assert_pattern(&got, 3 << 20);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_cloned_handle_reads_and_writes_the_same_connection_until_the_last_is_dropped() {
+    use std::io::BufRead;
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, mut peer) = connected_pair(&iotask);
+    let writer = sock.try_clone().unwrap();
+    assert_eq!(writer.id(), sock.id());
+    let port = sock.read_start().unwrap();
+    assert_eq!(
+        writer.read_start().unwrap_err().name(),
+        "BUSY",
+        "one reader at a time"
+    );
+    let writing = std::thread::spawn(move || {
+        for i in 0..100u64 {
+            writer.write(pattern(i * 1000, 1000)).unwrap();
+        }
+        writer
+    });
+    let got = read_exact_std(&mut peer, 100_000);
+    assert_pattern(&got, 100_000);
+    peer.write_all(b"to the reader").unwrap();
+    assert_eq!(recv_exact(&port, 13), b"to the reader");
+    let writer = join_within(writing, TIMEOUT);
+    // Dropping one handle leaves the connection open for the other.
+    drop(port);
+    drop(sock);
+    writer.write(b"still open".to_vec()).unwrap();
+    assert_eq!(read_exact_std(&mut peer, 10), b"still open");
+    drop(writer);
+    assert_eq!(read_to_eof(&mut peer), b"", "closed with the last handle");
+
+    // Buffered: one buffer reads lines while the other writes them.
+    let (sock, mut peer) = connected_pair(&iotask);
+    let mut reader = tcp::socket_buf(sock);
+    let mut writer = reader.try_clone().unwrap();
+    writer.write_all(b"ping\n").unwrap();
+    writer.flush().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(&mut peer)
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ping\n");
+    peer.write_all(b"pong\n").unwrap();
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "pong\n");
+}
+
+#[test]
+fn sockets_and_listeners_go_into_and_out_of_std() {
+    let iotask = IoTask::spawn().unwrap();
+    // A std listener served by iotask.
+    let std_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    let listener = tcp::Listener::from_std(std_listener, &ListenOptions::new(), &iotask).unwrap();
+    assert_eq!(listener.local_addr(), addr);
+    assert!(socket2::SockRef::from(&listener).is_listener().unwrap());
+    let server = listener
+        .spawn(|conn, _| {
+            let sock = tcp::accept(conn).unwrap();
+            drop(sock.write_future(b"served".to_vec()));
+        })
+        .unwrap();
+    let sock = tcp::connect(addr, &iotask).unwrap();
+    assert_eq!(sock.read_exact(6, TIMEOUT).unwrap(), b"served");
+    server.stop().unwrap();
+
+    // Out to std while a reader is attached: refused, and the socket comes back.
+    let (sock, mut peer) = connected_pair(&iotask);
+    let port = sock.read_start().unwrap();
+    let refused = sock.into_std().unwrap_err();
+    assert_eq!(refused.error().name(), "BUSY");
+    let sock = refused.into_inner().unwrap();
+    sock.read_stop(port).unwrap();
+    let clone = sock.try_clone().unwrap();
+    let refused = sock.into_std().unwrap_err();
+    assert_eq!(refused.error().name(), "BUSY", "another handle exists");
+    let sock = refused.into_inner().unwrap();
+    drop(clone);
+    sock.write(b"via iotask ".to_vec()).unwrap();
+    let mut std_stream = sock.into_std().unwrap();
+    std_stream.write_all(b"then std").unwrap();
+    assert_eq!(read_exact_std(&mut peer, 19), b"via iotask then std");
+    peer.write_all(b"back").unwrap();
+    let mut got = [0; 4];
+    std_stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    std_stream.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"back");
+    // And back in again.
+    let sock = tcp::TcpSocket::from_std(std_stream, &iotask).unwrap();
+    peer.write_all(b"again").unwrap();
+    assert_eq!(sock.read_exact(5, TIMEOUT).unwrap(), b"again");
+}
