@@ -229,6 +229,9 @@ impl RawStream {
             .deadline
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = deadline;
+        self.writes
+            .has_deadline
+            .store(deadline.is_some(), Ordering::SeqCst);
         self.task.send(Command::SetDeadline {
             key: self.key,
             deadline,
@@ -237,6 +240,9 @@ impl RawStream {
 
     /// The socket's deadline.
     pub(crate) fn deadline(&self) -> Option<Instant> {
+        if !self.writes.has_deadline.load(Ordering::Relaxed) {
+            return None;
+        }
         *self
             .writes
             .deadline

@@ -39,6 +39,8 @@ pub(crate) struct WriteState {
     /// The socket's deadline, shared by all its handles, which bounds blocking reads on the
     /// user's side; the loop keeps its own copy, for the writes.
     pub(crate) deadline: Mutex<Option<std::time::Instant>>,
+    /// Whether `deadline` is set, so that a socket without one takes no lock per write.
+    pub(crate) has_deadline: AtomicBool,
     /// The number the next write gets. Held while the write command is sent, so that
     /// numbers follow the order in which the loop receives the writes.
     next: Mutex<u64>,
