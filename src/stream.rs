@@ -596,8 +596,9 @@ impl<F: Family> Stream<F> {
 
     /// Shuts down the reading half: the reader (a port, a future, a mailbox) gets the end of
     /// the stream (`"EOF"`) after what it was already given, and a thread blocked on it wakes;
-    /// bytes still in the kernel are discarded. Callable from any thread that holds the
-    /// socket.
+    /// bytes still in the kernel are discarded, and the kernel may answer the peer's later
+    /// sends with a reset (Linux does once unread bytes wait). Callable from any thread that
+    /// holds the socket.
     ///
     /// # Errors
     ///

@@ -57,6 +57,10 @@ struct Driver {
     sock_shut: bool,
     sock_eof: bool,
     task_down: bool,
+    /// The socket's reading half was shut down: bytes still in the kernel are discarded.
+    read_shut: bool,
+    /// Other handles to the socket; writes go through any of them, in order.
+    clones: Vec<TcpSocket>,
 }
 
 impl Driver {
@@ -80,7 +84,16 @@ impl Driver {
             sock_shut: false,
             sock_eof: false,
             task_down: false,
+            read_shut: false,
+            clones: Vec::new(),
         }
+    }
+
+    /// Whether the connection may have broken: the task was shut down, or the reading half
+    /// was shut (after which the kernel may reset the connection when data arrives). Errors
+    /// are then allowed; bytes that do arrive must still be in order.
+    fn broken(&self) -> bool {
+        self.task_down || self.read_shut
     }
 
     /// Accounts for one read result on the socket's side. `from_port`: the port yields its
@@ -103,9 +116,15 @@ impl Driver {
         match e.name() {
             "BUSY" | "ETIMEDOUT" => {}
             "SHUTDOWN" => assert!(self.task_down, "SHUTDOWN from a running task"),
+            // Data that reaches a socket whose reading half is shut may be answered with a
+            // reset; from then on the connection is broken.
+            "ECONNRESET" | "EPIPE" | "CLOSED" if self.read_shut => {}
             "EOF" => {
-                assert!(self.peer_shut, "EOF before the peer closed");
-                if from_port {
+                assert!(
+                    self.peer_shut || self.read_shut,
+                    "EOF before the peer closed or reading was shut down"
+                );
+                if from_port && !self.read_shut {
                     assert_eq!(self.sock_got, self.peer_sent, "EOF before every byte");
                     self.sock_eof = true;
                 }
@@ -118,7 +137,7 @@ impl Driver {
         if std::env::var_os("IOTASK_SEQUENCE_TRACE").is_some() {
             eprintln!(
                 "op {} arg {arg}: peer_sent {} sock_got {} port {} futures {}",
-                op % 13,
+                op % 15,
                 self.peer_sent,
                 self.sock_got,
                 self.port.is_some(),
@@ -126,15 +145,16 @@ impl Driver {
             );
         }
         let Some(sock) = &self.sock else { return };
-        match op % 13 {
+        match op % 15 {
             0 if !self.peer_shut && self.peer_sent < VOLUME => {
                 let len = usize::from(arg) * 97 + 1;
                 let data = pattern(self.peer_sent, len);
                 match self.peer.write(&data) {
                     Ok(n) => self.peer_sent += n as u64,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    // The I/O task closed the connection as it shut down.
-                    Err(_) if self.task_down => {}
+                    // The I/O task closed the connection as it shut down; or the reading half
+                    // was shut, and the kernel may answer the peer's data with a reset.
+                    Err(_) if self.broken() => {}
                     Err(e) => panic!("peer write: {e}"),
                 }
             }
@@ -145,7 +165,7 @@ impl Driver {
             2 => {
                 if let Some(port) = self.port.take() {
                     if let Err(e) = sock.read_stop(port) {
-                        assert!(self.task_down, "read_stop failed: {e:?}");
+                        assert!(self.broken(), "read_stop failed: {e:?}");
                     }
                 }
             }
@@ -173,11 +193,16 @@ impl Driver {
             }
             7 if !self.sock_shut && self.sock_sent < VOLUME => {
                 let len = usize::from(arg) * 131 + 1;
-                let write = sock.write_future(pattern(self.sock_sent, len));
+                // Through the socket or one of its other handles: one queue either way.
+                let writer = match usize::from(arg) % (self.clones.len() + 1) {
+                    0 => sock,
+                    i => &self.clones[i - 1],
+                };
+                let write = writer.write_future(pattern(self.sock_sent, len));
                 self.sock_sent += len as u64;
                 if arg % 3 == 0 {
                     if let Err(e) = write.get() {
-                        assert!(self.task_down, "write failed: {e:?}");
+                        assert!(self.broken(), "write failed: {e:?}");
                     }
                 }
             }
@@ -186,13 +211,13 @@ impl Driver {
             // in the kernel's buffers while the peer is not reading.
             9 if !self.sock_shut && self.sock_sent - self.peer_got < 64 * 1024 => {
                 if let Err(e) = sock.shutdown_write() {
-                    assert!(self.task_down, "shutdown_write failed: {e:?}");
+                    assert!(self.broken(), "shutdown_write failed: {e:?}");
                 }
                 self.sock_shut = true;
             }
             10 if !self.peer_shut => {
                 let shut = self.peer.shutdown(Shutdown::Write);
-                assert!(shut.is_ok() || self.task_down, "peer shutdown: {shut:?}");
+                assert!(shut.is_ok() || self.broken(), "peer shutdown: {shut:?}");
                 self.peer_shut = true;
             }
             11 if arg == 0xA5 => {
@@ -203,6 +228,24 @@ impl Driver {
                 self.futures.clear();
                 self.port = None;
                 self.sock = None;
+                self.clones.clear();
+            }
+            13 if arg % 8 == 0 && !self.read_shut => {
+                if let Err(e) = sock.shutdown_read() {
+                    assert!(self.broken(), "shutdown_read failed: {e:?}");
+                }
+                self.read_shut = true;
+            }
+            14 => {
+                if arg % 2 == 0 && self.clones.len() < 2 {
+                    match sock.try_clone() {
+                        Ok(clone) => self.clones.push(clone),
+                        Err(e) => assert!(self.broken(), "try_clone failed: {e:?}"),
+                    }
+                } else if !self.clones.is_empty() {
+                    // Dropping a handle leaves the connection open for the others.
+                    self.clones.remove(usize::from(arg) % self.clones.len());
+                }
             }
             _ => {}
         }
@@ -215,7 +258,7 @@ impl Driver {
             match self.peer.read(&mut buf) {
                 Ok(0) => {
                     assert!(
-                        self.sock_shut || self.sock.is_none() || self.task_down,
+                        self.sock_shut || self.sock.is_none() || self.broken(),
                         "the peer saw EOF the socket never sent"
                     );
                     return;
@@ -226,7 +269,7 @@ impl Driver {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if self.task_down => {
+                Err(e) if self.broken() => {
                     let _ = e;
                     return;
                 }
@@ -237,7 +280,7 @@ impl Driver {
 
     /// After the sequence: every byte still in flight arrives, in order.
     fn drain(mut self) {
-        if self.sock.is_none() || self.task_down {
+        if self.sock.is_none() || self.broken() {
             return;
         }
         self.futures.clear();
@@ -249,7 +292,9 @@ impl Driver {
                 .expect("a reader once the futures are gone"),
         };
         let deadline = Instant::now() + DRAIN;
-        while self.sock_got < self.peer_sent || (self.peer_shut && !self.sock_eof) {
+        // After `shutdown_read`, what was still in the kernel is discarded: the port ends
+        // early, and what it gave must still be in order (checked as it comes).
+        while (self.sock_got < self.peer_sent || self.peer_shut) && !self.sock_eof {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(
                 !left.is_zero(),
@@ -260,7 +305,13 @@ impl Driver {
             match port.recv_timeout(left) {
                 Ok(chunk) => self.got(Ok(chunk), true),
                 Err(e) if e.is_timeout() => {}
-                Err(e) => self.got(Err(e), true),
+                Err(e) => {
+                    let ended = e.is_eof();
+                    self.got(Err(e), true);
+                    if ended {
+                        break;
+                    }
+                }
             }
         }
         while self.peer_got < self.sock_sent {
