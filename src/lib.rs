@@ -98,7 +98,7 @@ pub mod unix;
 pub use error::{ConnectError, Error, ListenError};
 pub use io_task::stats::Stats;
 pub use io_task::{Builder, IoTask, global};
-pub use mailbox::{Event, Mailbox, MailboxSender, SocketId};
+pub use mailbox::{Connected, Event, Mailbox, MailboxSender, SocketId};
 pub use pool::IoPool;
 
 #[allow(dead_code)]

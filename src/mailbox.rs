@@ -86,7 +86,34 @@ pub enum Event<M> {
     Message(M),
 }
 
+/// The outcome of a connect started with `connect_into`, as
+/// [`Event::into_connected`] gives it: the id `connect_into` returned, and the socket or the
+/// failure.
+pub type Connected<F> = (SocketId, Result<Stream<F>, ConnectError>);
+
 impl<M> Event<M> {
+    /// The outcome of a connect of family `F` started with `connect_into`
+    /// ([`Connected`](Event::Connected) for TCP, `ConnectedUnix` for Unix-domain): the id
+    /// `connect_into` returned and the socket or the failure, for an actor written once for
+    /// every family; any other event is given back.
+    ///
+    /// # Errors
+    ///
+    /// The event itself, when it is not the outcome of a connect of family `F`.
+    pub fn into_connected<F: Family>(self) -> Result<Connected<F>, Event<M>> {
+        let unix = <F as crate::stream::sealed::Sealed>::UNIX;
+        match self {
+            Event::Connected { socket, result } if !unix => {
+                Ok((socket, result.map(|s| Stream::from_raw(s.into_raw()))))
+            }
+            #[cfg(unix)]
+            Event::ConnectedUnix { socket, result } if unix => {
+                Ok((socket, result.map(|s| Stream::from_raw(s.into_raw()))))
+            }
+            other => Err(other),
+        }
+    }
+
     /// The socket of an accepted connection of family `F` ([`Accepted`](Event::Accepted) for
     /// TCP, `AcceptedUnix` for Unix-domain), for an actor written once for every family;
     /// any other event is given back.

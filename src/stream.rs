@@ -402,11 +402,16 @@ impl<F: Family> Stream<F> {
     }
 
     /// Stops delivering reads to the mailbox this socket is attached to. Chunks already
-    /// delivered stay in the mailbox; later bytes wait for the next reader.
+    /// delivered stay in the mailbox; later bytes wait, in the kernel, for the next reader
+    /// (flow control slows the peer meanwhile). Like [`attach`](Stream::attach), it does not
+    /// wait for the I/O task, so an actor never blocks on it: it takes effect when the task
+    /// gets to it, before any command sent after it, and what the task read before that
+    /// still reaches the mailbox. A socket that is not attached (or is gone) is left as it
+    /// is.
     ///
     /// # Errors
     ///
-    /// `"CLOSED"` or `"SHUTDOWN"` when the socket or the I/O task is gone.
+    /// `"SHUTDOWN"` when the I/O task stopped.
     pub fn detach(&self) -> Result<(), Error> {
         self.raw.detach()
     }
@@ -494,7 +499,34 @@ impl<F: Family> Stream<F> {
     ///
     /// As the writes queued before it.
     pub fn shutdown_write(&self) -> Result<(), Error> {
-        self.raw.shutdown_write()
+        self.shutdown_write_future().get()
+    }
+
+    /// Shuts down the writing half after the writes queued before it, without waiting: the
+    /// future resolves once the peer has been sent the end of the stream. For an actor that
+    /// passes a half-close on and must not block on a slow peer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::io::Read;
+    /// # use iotask::tcp;
+    /// # let iotask = iotask::IoTask::spawn()?;
+    /// # let server = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// # let sock = tcp::connect(server.local_addr()?, &iotask)?;
+    /// # let (mut peer, _) = server.accept()?;
+    /// drop(sock.write_future(b"last words".to_vec()));
+    /// drop(sock.shutdown_write_future()); // returns at once
+    /// let mut got = Vec::new();
+    /// peer.read_to_end(&mut got)?;
+    /// assert_eq!(got, b"last words");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn shutdown_write_future(&self) -> WriteFuture {
+        match self.raw.shutdown_write() {
+            Ok(seq) => WriteFuture::queued(self.raw.writes().clone(), seq),
+            Err(e) => WriteFuture::ready(Err(e)),
+        }
     }
 
     /// Sets the write queue's watermarks (Erlang's `high_watermark` and `low_watermark`):

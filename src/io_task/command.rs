@@ -86,11 +86,15 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Chunk>,
     },
     /// Stop delivering to a mailbox (what it already holds stays there).
-    Detach { key: Key, reply: Reply<()> },
+    Detach(Key),
     /// Put bytes back in front of everything not yet delivered.
     Unread { key: Key, data: Vec<u8> },
     /// Queue bytes for writing; the stream's `WriteState` tells when the kernel has them.
     Write { key: Key, data: Vec<u8> },
+    /// Tell the stream's mailbox if its queue is at its low watermark (set while above).
+    CheckDrained(Key),
+    /// Shut down the sending side after every write queued before it.
+    ShutdownWrite(Key),
     /// Queue `len` bytes of `file` from `offset`, in order with the writes (`send_file`).
     SendFile {
         key: Key,
@@ -137,10 +141,12 @@ impl std::fmt::Debug for Command {
             Command::ReadStart { .. } => "ReadStart",
             Command::ReadStop { .. } => "ReadStop",
             Command::ReadOnce { .. } => "ReadOnce",
-            Command::Detach { .. } => "Detach",
+            Command::Detach(_) => "Detach",
             Command::Unread { .. } => "Unread",
             Command::Write { .. } => "Write",
             Command::SendFile { .. } => "SendFile",
+            Command::ShutdownWrite(_) => "ShutdownWrite",
+            Command::CheckDrained(_) => "CheckDrained",
             Command::Resume(_) => "Resume",
             Command::SetDeadline { .. } => "SetDeadline",
             Command::ShutdownRead { .. } => "ShutdownRead",

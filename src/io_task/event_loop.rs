@@ -270,18 +270,13 @@ impl EventLoop {
                     self.push_timer(deadline, Timer::ReadDeadline(key));
                 }
             }
-            Command::Detach { key, reply } => {
-                let result = match self.stream(key) {
-                    Some(s) => {
-                        if matches!(s.sink, Sink::Mailbox { .. }) {
-                            s.sink = Sink::None;
-                        }
-                        self.update_interest(key);
-                        Ok(())
+            Command::Detach(key) => {
+                if let Some(s) = self.stream(key) {
+                    if matches!(s.sink, Sink::Mailbox { .. }) {
+                        s.sink = Sink::None;
                     }
-                    None => Err(Error::closed()),
-                };
-                let _ = reply.send(result);
+                    self.update_interest(key);
+                }
             }
             Command::Unread { key, data } => {
                 if !data.is_empty() {
@@ -289,6 +284,8 @@ impl EventLoop {
                 }
             }
             Command::Write { key, data } => self.queue_write(key, Payload::Bytes(data)),
+            Command::ShutdownWrite(key) => self.queue_write(key, Payload::Shutdown),
+            Command::CheckDrained(key) => self.drained(key),
             Command::SendFile {
                 key,
                 file,

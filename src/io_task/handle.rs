@@ -2,7 +2,6 @@
 //! stream is built here; the public socket types wrap a `RawStream` and add the family's
 //! addresses and options.
 
-use std::net::Shutdown;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -153,7 +152,7 @@ impl RawStream {
     /// `WriteState` tells when it completed.
     pub(crate) fn write(&self, data: Vec<u8>) -> Result<u64, Error> {
         let len = data.len();
-        self.writes.queued.fetch_add(len, Ordering::SeqCst);
+        self.count_queued(len);
         let key = self.key;
         let queued = self
             .writes
@@ -172,7 +171,7 @@ impl RawStream {
         offset: u64,
         len: usize,
     ) -> Result<u64, Error> {
-        self.writes.queued.fetch_add(len, Ordering::SeqCst);
+        self.count_queued(len);
         let key = self.key;
         let queued = self.writes.queue(|| {
             self.task.send(Command::SendFile {
@@ -186,6 +185,15 @@ impl RawStream {
             self.writes.queued.fetch_sub(len, Ordering::SeqCst);
         }
         queued
+    }
+
+    /// Counts `len` more bytes queued, noting when they take the queue past the high mark.
+    fn count_queued(&self, len: usize) {
+        let total = self.writes.queued.fetch_add(len, Ordering::SeqCst) + len;
+        let high = self.writes.high.load(Ordering::Relaxed);
+        if high > 0 && total > high {
+            self.writes.above_high.store(true, Ordering::SeqCst);
+        }
     }
 
     /// Bytes queued and not yet in the kernel; zero once the stream is closed.
@@ -207,11 +215,9 @@ impl RawStream {
         })
     }
 
+    /// Stops delivering to a mailbox; does not wait for the loop.
     pub(crate) fn detach(&self) -> Result<(), Error> {
-        self.request(|reply| Command::Detach {
-            key: self.key,
-            reply,
-        })
+        self.task.send(Command::Detach(self.key))
     }
 
     pub(crate) fn set_write_window(&self, window: Option<usize>) -> Result<(), Error> {
@@ -270,6 +276,12 @@ impl RawStream {
     pub(crate) fn set_watermarks(&self, high: usize, low: usize) {
         self.writes.low.store(low, Ordering::SeqCst);
         self.writes.high.store(high, Ordering::SeqCst);
+        if high > 0 && self.queued_bytes() > high {
+            // Already past it: the mailbox hears when the queue drains. The loop checks
+            // after its next flush; a nudge makes sure one comes.
+            self.writes.above_high.store(true, Ordering::SeqCst);
+            let _ = self.task.send(Command::CheckDrained(self.key));
+        }
     }
 
     /// Sets how long queued bytes may wait (`None`: for ever).
@@ -293,14 +305,12 @@ impl RawStream {
         });
     }
 
-    /// Shuts down the sending side after every write queued before this call.
-    pub(crate) fn shutdown_write(&self) -> Result<(), Error> {
-        // An empty write completes in order, after the queue drained.
-        let seq = self.write(Vec::new())?;
+    /// Queues the shutdown of the sending side after every write queued before it; returns
+    /// its number, as `write` does.
+    pub(crate) fn shutdown_write(&self) -> Result<u64, Error> {
+        let key = self.key;
         self.writes
-            .wait(seq, None)
-            .unwrap_or_else(|| Err(Error::shutdown()))?;
-        self.socket.shutdown(Shutdown::Write).map_err(Error::from)
+            .queue(|| self.task.send(Command::ShutdownWrite(key)))
     }
 
     /// Sends a command carrying a reply, and waits for the reply.

@@ -56,9 +56,6 @@ pub(crate) struct StreamEntry {
     /// The user's handles to the stream (`try_clone` makes more); it closes when the last
     /// is dropped. At least 1 while the stream is not closing.
     pub(crate) handles: usize,
-    /// Set once more than the high watermark was queued; cleared, with a `Drained` event to
-    /// the stream's mailbox, once no more than the low watermark is.
-    pub(crate) above_high: bool,
     /// The socket's deadline: writes still queued then fail with `ETIMEDOUT`, and every
     /// later write with them (the stream was cut short). A timer is scheduled for it while
     /// set; a write made after it passed is refused on the user's side, without a timer.
@@ -100,6 +97,8 @@ pub(crate) enum Payload {
         offset: u64,
         len: usize,
     },
+    /// Shut down the sending side once everything before it was written.
+    Shutdown,
 }
 
 impl Payload {
@@ -107,6 +106,7 @@ impl Payload {
         match self {
             Payload::Bytes(data) => data.len(),
             Payload::File { len, .. } => *len,
+            Payload::Shutdown => 0,
         }
     }
 }
@@ -461,6 +461,14 @@ impl EventLoop {
             return;
         }
         if len == 0 && s.writes.is_empty() {
+            if let Payload::Shutdown = data {
+                // Nothing before it: shut down now.
+                match s.reg.socket().shutdown(std::net::Shutdown::Write) {
+                    Ok(()) => s.write_state.complete_one(),
+                    Err(e) => self.fail_writes(key, Error::from(e)),
+                }
+                return;
+            }
             s.write_state.complete_one();
             return;
         }
@@ -473,10 +481,6 @@ impl EventLoop {
             queued_at,
         });
         s.queued_here += len;
-        let high = s.write_state.high.load(Ordering::Relaxed);
-        if high > 0 && s.queued_here > high {
-            s.above_high = true;
-        }
         if let (true, Some(at)) = (first, queued_at) {
             let due = at.checked_add(std::time::Duration::from_millis(age_limit));
             self.push_timer(due, Timer::WriteAge(key));
@@ -527,6 +531,26 @@ impl EventLoop {
                 break;
             }
             let socket = s.reg.socket();
+            if let Some(PendingWrite {
+                data: Payload::Shutdown,
+                ..
+            }) = s.writes.front()
+            {
+                // Everything before it is written: shut the sending side down now.
+                match socket.shutdown(std::net::Shutdown::Write) {
+                    Ok(()) => {
+                        s.writes.pop_front();
+                        s.write_state.complete_one();
+                        // Completing it may complete empty writes queued after it.
+                        s.wrote(0);
+                        continue;
+                    }
+                    Err(e) => {
+                        self.fail_writes(key, Error::from(e));
+                        break;
+                    }
+                }
+            }
             let result = if let Some(PendingWrite {
                 data: Payload::File { file, offset, len },
                 written,
@@ -546,7 +570,9 @@ impl EventLoop {
                 let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
                 let mut count = 0;
                 for w in s.writes.iter().take(MAX_IOVECS) {
-                    let Payload::Bytes(data) = &w.data else { break };
+                    let Payload::Bytes(data) = &w.data else {
+                        break;
+                    };
                     slices[count] = IoSlice::new(&data[w.written..]);
                     count += 1;
                 }
@@ -614,14 +640,20 @@ impl EventLoop {
 
     /// Tells the stream's mailbox when its queue fell to the low watermark after passing the
     /// high one: an actor that stopped feeding it can go on.
-    fn drained(&mut self, key: Key) {
+    pub(super) fn drained(&mut self, key: Key) {
         let Some(s) = self.any_stream(key) else {
             return;
         };
-        if !s.above_high || s.queued_here > s.write_state.low.load(Ordering::Relaxed) {
+        let writes = &s.write_state;
+        if !writes.above_high.load(Ordering::SeqCst) {
             return;
         }
-        s.above_high = false;
+        let queued = writes.queued.load(Ordering::SeqCst) & !QUEUED_CLOSED;
+        if queued > writes.low.load(Ordering::Relaxed)
+            || !writes.above_high.swap(false, Ordering::SeqCst)
+        {
+            return;
+        }
         if let Sink::Mailbox { inbox, .. } = &s.sink {
             let inbox = inbox.clone();
             self.outbox.post(&inbox, Delivery::Drained(key));
@@ -849,7 +881,6 @@ impl StreamEntry {
             writes: VecDeque::new(),
             write_error: None,
             handles: 1,
-            above_high: false,
             deadline: None,
             broken: None,
             closing: false,
@@ -892,7 +923,7 @@ impl StreamEntry {
             || self
                 .writes
                 .front()
-                .is_some_and(|w| w.written == w.data.len())
+                .is_some_and(|w| w.written == w.data.len() && !matches!(w.data, Payload::Shutdown))
         {
             let Some(front) = self.writes.front_mut() else {
                 break;

@@ -33,6 +33,11 @@ pub(crate) struct WriteState {
     /// `high` bytes were queued, the stream's mailbox hears when no more than `low` are.
     pub(crate) high: AtomicUsize,
     pub(crate) low: AtomicUsize,
+    /// Set by the writer whose bytes took the queue past `high` (before its write reaches
+    /// the loop, so the loop cannot miss it); cleared by the loop, which then tells the
+    /// mailbox, once no more than `low` are queued. Both sides count with `queued`, the
+    /// figure an actor reads.
+    pub(crate) above_high: AtomicBool,
     /// How long, in milliseconds, queued bytes may wait before the stream fails (0: no
     /// limit).
     pub(crate) age_limit_ms: AtomicU64,

@@ -321,16 +321,22 @@ fn a_buffered_socket_keeps_the_deadline_and_its_own_write_timeout() {
 fn an_actor_hears_when_a_socket_it_flooded_drains() {
     let iotask = IoTask::spawn().unwrap();
     let (sock, mut peer) = connected_pair(&iotask);
+    // Small kernel buffers on both sides, so that most of what is written waits in iotask.
+    sock.set_send_buffer_size(16 << 10).unwrap();
+    socket2::SockRef::from(&peer)
+        .set_recv_buffer_size(16 << 10)
+        .unwrap();
     let mut mailbox: Mailbox = Mailbox::new();
     sock.attach(&mailbox).unwrap();
     sock.set_watermarks(1 << 20, 256 << 10).unwrap();
     assert_eq!(sock.set_watermarks(1, 2).unwrap_err().name(), "EINVAL");
-    let data = pattern(0, 8 << 20);
+    let data = pattern(0, 16 << 20);
     for chunk in data.chunks(64 << 10) {
         drop(sock.write_future(chunk.to_vec()));
     }
-    assert!(sock.queued_bytes() > 1 << 20, "the peer reads nothing yet");
-    // Nothing drained yet.
+    // The peer reads nothing yet: far more than the kernel can hold stays queued, and
+    // nothing drains.
+    assert!(sock.queued_bytes() > 8 << 20);
     assert!(mailbox.recv_timeout(Duration::from_millis(100)).is_none());
     let reader = std::thread::spawn(move || {
         let mut got = vec![0; data.len()];
@@ -344,6 +350,27 @@ fn an_actor_hears_when_a_socket_it_flooded_drains() {
     }
     assert!(sock.queued_bytes() <= 256 << 10);
     let _peer = join_within(reader, TIMEOUT);
+}
+
+/// Watermarks set when the queue is already past them still bring the event.
+#[test]
+fn watermarks_set_above_an_already_long_queue_still_report_the_drain() {
+    let iotask = IoTask::spawn().unwrap();
+    let (sock, mut peer) = connected_pair(&iotask);
+    sock.set_send_buffer_size(16 << 10).unwrap();
+    let mut mailbox: Mailbox = Mailbox::new();
+    sock.attach(&mailbox).unwrap();
+    let data = pattern(0, 8 << 20);
+    drop(sock.write_future(data.clone()));
+    assert!(sock.queued_bytes() > 1 << 20);
+    sock.set_watermarks(1 << 20, 0).unwrap();
+    let reader = std::thread::spawn(move || read_exact_std(&mut peer, data.len()));
+    match mailbox.recv_timeout(TIMEOUT) {
+        Some(Event::Drained { socket }) => assert_eq!(socket, sock.id()),
+        other => panic!("expected Drained, got {other:?}"),
+    }
+    assert_eq!(sock.queued_bytes(), 0);
+    assert_eq!(join_within(reader, TIMEOUT).len(), 8 << 20);
 }
 
 #[test]
