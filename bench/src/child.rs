@@ -31,6 +31,12 @@ impl ServerChild {
     pub fn echo(peer: Peer, transport: Transport, cpu: Option<usize>) -> io::Result<ServerChild> {
         let (addr, dir) = match transport {
             Transport::Tcp => ("127.0.0.1:0".to_owned(), None),
+            Transport::Proxied => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a proxy is started with ServerChild::proxy",
+                ));
+            }
             Transport::Unix => {
                 let dir = socket_dir()?;
                 let addr = format!("unix:{}", dir.join("echo.sock").display());
@@ -38,9 +44,26 @@ impl ServerChild {
             }
         };
         // From here on the folder goes with the child (or with this guard, on failure).
-        let guard = DirGuard(dir);
+        ServerChild::serve(peer, &[&addr], cpu, DirGuard(dir))
+    }
+
+    /// Starts a proxy peer's proxy to `upstream`, pinned to `cpu` when given, on a free
+    /// loopback port, and waits for it to print its address.
+    pub fn proxy(peer: Peer, upstream: SocketAddr, cpu: Option<usize>) -> io::Result<ServerChild> {
+        let upstream = upstream.to_string();
+        let args = ["127.0.0.1:0", "--upstream", &upstream];
+        ServerChild::serve(peer, &args, cpu, DirGuard(None))
+    }
+
+    /// Runs `iotask-bench serve PEER ARGS...` and waits for the address it prints.
+    fn serve(
+        peer: Peer,
+        args: &[&str],
+        cpu: Option<usize>,
+        guard: DirGuard,
+    ) -> io::Result<ServerChild> {
         let mut command = Command::new(std::env::current_exe()?);
-        command.args(["serve", peer.name(), &addr]);
+        command.args(["serve", peer.name()]).args(args);
         if let Some(cpu) = cpu {
             command.args(["--cpu", &cpu.to_string()]);
         }

@@ -6,7 +6,7 @@
 //!              [--layout pinned|unpinned|both] [--rounds N] [--duration SECS]
 //!              [--no-syscalls] [--out-md FILE] [--out-svg FILE]
 //! iotask-bench redis --kv-bin PATH [--quick] [--rounds N] [--requests N] [--out-md FILE]
-//! iotask-bench serve PEER ADDR [--cpu N]
+//! iotask-bench serve PEER ADDR [--upstream IP:PORT] [--cpu N]
 //! ```
 
 #![warn(rust_2018_idioms)]
@@ -36,15 +36,19 @@ usage:
                [--rounds N] [--duration SECS] [--no-syscalls] [--out-md FILE] [--out-svg FILE]
       Runs every scenario against every peer, interleaved, and writes a markdown report
       (stdout unless --out-md) and an SVG chart (default: bench/chart.svg).
-      Scenarios: S1 … S7 over TCP, and S2U (S2 over a Unix-domain socket, served by
-      iotask-actor and tokio-ct only; other peers are skipped there).
+      Scenarios: S1 … S7 over TCP, S2U (S2 over a Unix-domain socket, served by
+      iotask-actor and tokio-ct only; other peers are skipped there), and S2P (S2 through
+      a proxy in front of tokio-ct's echo server: the proxies iotask-proxy and tokio-proxy
+      only, which sit out every other scenario).
       Peers: iotask-ports, iotask-actor, iotask-actor-listen, iotask-actor-spin, iotask-pool,
-      iotask-pool-shared, iotask-pool-rr, tokio-ct, tokio-mt, mio, std-threads.
+      iotask-pool-shared, iotask-pool-rr, tokio-ct, tokio-mt, mio, std-threads,
+      iotask-proxy, tokio-proxy.
   iotask-bench redis --kv-bin PATH [--quick] [--rounds N] [--requests N] [--out-md FILE]
       Runs redis-benchmark against redis-server and against the RESP server at PATH
       (started as `PATH 127.0.0.1:PORT`), interleaved; prints a markdown table.
-  iotask-bench serve PEER ADDR [--cpu N]
-      Runs one echo server on ADDR (IP:PORT, or unix:PATH) (used by the harness itself).";
+  iotask-bench serve PEER ADDR [--upstream IP:PORT] [--cpu N]
+      Runs one echo server on ADDR (IP:PORT, or unix:PATH), or a proxy peer's proxy to
+      the upstream (used by the harness itself).";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -67,17 +71,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// `serve PEER ADDR [--cpu N]`.
+/// `serve PEER ADDR [--upstream IP:PORT] [--cpu N]`.
 fn serve(args: &[String]) -> io::Result<()> {
     let [peer, addr, rest @ ..] = args else {
         return Err(usage("serve needs PEER and ADDR"));
     };
     let peer: Peer = peer.parse().map_err(usage)?;
     let mut cpu = None;
+    let mut upstream = None;
     let mut rest = rest.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
             "--cpu" => cpu = Some(number(rest.next(), "--cpu")?),
+            "--upstream" => {
+                let addr = value(rest.next(), "--upstream")?;
+                let addr = addr
+                    .parse()
+                    .map_err(|_| usage("--upstream needs IP:PORT"))?;
+                upstream = Some(addr);
+            }
             other => return Err(usage(format!("serve: unknown argument {other:?}"))),
         }
     }
@@ -86,7 +98,7 @@ fn serve(args: &[String]) -> io::Result<()> {
         sys::pin_current_thread(Some(cpu))?;
     }
     sys::raise_nofile_limit()?;
-    servers::serve(peer, addr)
+    servers::serve(peer, addr, upstream)
 }
 
 /// `redis --kv-bin PATH ...`.

@@ -193,7 +193,8 @@ impl Run {
             .peers
             .iter()
             .copied()
-            .filter(|p| p.is_iotask())
+            // The proxies have no targets of their own.
+            .filter(|p| p.is_iotask() && !p.is_proxy())
             .collect();
         if iotask.is_empty() {
             return;
@@ -448,7 +449,7 @@ impl Run {
         let rss: Col = ("RSS MiB", |m| m.rss_mib, 1);
         let load: Col = ("load gen CPU %", |m| m.load_cpu_pct, 0);
         let cols: Vec<Col> = match scenario {
-            Scenario::S1 | Scenario::S2 | Scenario::S2U | Scenario::S7 => {
+            Scenario::S1 | Scenario::S2 | Scenario::S2U | Scenario::S2P | Scenario::S7 => {
                 vec![msgs, p50, p99, p999, cpu, cpu_op, ctx, load, threads, rss]
             }
             Scenario::S3 | Scenario::S4 => vec![mb, msgs, p50, p99, cpu, cpu_op, ctx, load, rss],
@@ -484,6 +485,17 @@ impl Run {
                  (its actor receives `Event::AcceptedUnix`), tokio-ct with \
                  `tokio::net::UnixListener`; each is otherwise its TCP server. Peers without a \
                  Unix-domain server are not measured here.\n"
+            );
+        }
+        if scenario.transport() == Transport::Proxied {
+            let _ = writeln!(
+                md,
+                "The load generator connects to a proxy, which connects each client to \
+                 tokio-ct's echo server (a process of its own, on the proxy's CPU when pinned); \
+                 only the proxy differs between the peers, and the CPU, memory and context \
+                 switch figures are the proxy's. iotask-proxy is `examples/proxy.rs`, \
+                 tokio-proxy a task per client running `tokio::io::copy_bidirectional`. Echo \
+                 servers are not measured here, nor the proxies elsewhere.\n"
             );
         }
         let _ = write!(md, "| peer | layout |");

@@ -1,4 +1,4 @@
-//! Scenarios S1–S7 and S2U, the two CPU layouts, and one measurement of one peer.
+//! Scenarios S1–S7, S2U and S2P, the two CPU layouts, and one measurement of one peer.
 
 use std::fmt;
 use std::io;
@@ -22,6 +22,8 @@ pub enum Scenario {
     S2,
     /// S2 over a Unix-domain socket (only the peers that serve one).
     S2U,
+    /// S2 through a proxy (only the proxy peers) in front of tokio-ct's echo server.
+    S2P,
     /// 10 connections, 16 KiB messages, 4 in flight: MB/s.
     S3,
     /// One stream of 1 GiB: MB/s.
@@ -80,10 +82,11 @@ impl Headline {
 
 impl Scenario {
     /// Every scenario, in order.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::S1,
         Scenario::S2,
         Scenario::S2U,
+        Scenario::S2P,
         Scenario::S3,
         Scenario::S4,
         Scenario::S5,
@@ -97,6 +100,9 @@ impl Scenario {
             Scenario::S1 => "1 connection, 64 B ping-pong".into(),
             Scenario::S2 => "50 connections, 64 B, closed loop".into(),
             Scenario::S2U => "50 connections over a Unix-domain socket, 64 B, closed loop".into(),
+            Scenario::S2P => {
+                "50 connections through a proxy to an echo server, 64 B, closed loop".into()
+            }
             Scenario::S3 => "10 connections, 16 KiB messages, 4 in flight each".into(),
             Scenario::S4 => format!(
                 "one stream of {} MiB (64 KiB messages, 16 in flight)",
@@ -115,7 +121,7 @@ impl Scenario {
     pub fn headline(self) -> Headline {
         match self {
             Scenario::S1 => Headline::P50,
-            Scenario::S2 | Scenario::S2U | Scenario::S7 => Headline::MsgsPerS,
+            Scenario::S2 | Scenario::S2U | Scenario::S2P | Scenario::S7 => Headline::MsgsPerS,
             Scenario::S3 | Scenario::S4 => Headline::MbPerS,
             Scenario::S5 => Headline::ConnsPerS,
             Scenario::S6 => Headline::KibPerConn,
@@ -126,6 +132,7 @@ impl Scenario {
     pub fn transport(self) -> Transport {
         match self {
             Scenario::S2U => Transport::Unix,
+            Scenario::S2P => Transport::Proxied,
             _ => Transport::Tcp,
         }
     }
@@ -139,6 +146,7 @@ impl Scenario {
     pub fn reference(self) -> Peer {
         match self {
             Scenario::S4 => Peer::StdThreads,
+            Scenario::S2P => Peer::TokioProxy,
             _ => Peer::TokioCt,
         }
     }
@@ -157,7 +165,7 @@ impl FromStr for Scenario {
         Scenario::ALL
             .into_iter()
             .find(|x| x.to_string().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown scenario {s:?}; known: S1 … S7, S2U"))
+            .ok_or_else(|| format!("unknown scenario {s:?}; known: S1 … S7, S2U, S2P"))
     }
 }
 
@@ -320,7 +328,16 @@ pub fn measure(
     s: &Settings,
 ) -> io::Result<Metrics> {
     let (server_cpu, load_cpu) = layout.cpus();
-    let server = ServerChild::echo(peer, scenario.transport(), server_cpu)?;
+    // Through a proxy, the figures (CPU, memory, context switches) are the proxy's; the
+    // upstream shares its CPU and lives until the measurement ends.
+    let (server, _upstream) = match scenario.transport() {
+        Transport::Proxied => {
+            let upstream = ServerChild::echo(Peer::TokioCt, Transport::Tcp, server_cpu)?;
+            let proxy = ServerChild::proxy(peer, upstream.target.tcp()?, server_cpu)?;
+            (proxy, Some(upstream))
+        }
+        transport => (ServerChild::echo(peer, transport, server_cpu)?, None),
+    };
     let (target, pid) = (server.target.clone(), server.pid());
     let stream =
         |conns: usize, msg_size: usize, depth: usize, stop: Stop, warmup: Duration| StreamLoad {
@@ -334,7 +351,7 @@ pub fn measure(
     let timed = Stop::After(s.duration);
     let load = match scenario {
         Scenario::S1 => stream(1, 64, 1, timed, s.warmup),
-        Scenario::S2 | Scenario::S2U => stream(50, 64, 1, timed, s.warmup),
+        Scenario::S2 | Scenario::S2U | Scenario::S2P => stream(50, 64, 1, timed, s.warmup),
         Scenario::S3 => stream(10, 16 * 1024, 4, timed, s.warmup),
         Scenario::S4 => stream(
             1,

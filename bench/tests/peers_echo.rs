@@ -2,7 +2,9 @@
 //! 127.0.0.1:0`, or `unix:PATH` for the peers with a Unix-domain server), echoes exactly
 //! what it receives: small ping-pongs, and megabytes written while the echo is read on
 //! another thread (which makes the servers' writes partial). A short run of S2U shows that
-//! the peers without a Unix-domain server are skipped, not failed.
+//! the peers without a Unix-domain server are skipped, not failed. The proxy peers, started
+//! with `--upstream` in front of tokio-ct's echo server, pass the same checks, and a short
+//! run of S2P measures them and skips the echo servers.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -72,10 +74,19 @@ impl Drop for TempDir {
     }
 }
 
+/// The proxy peers (the ones S2P measures).
+const PROXY_PEERS: [&str; 2] = ["iotask-proxy", "tokio-proxy"];
+
 /// Starts `peer`'s server on `addr` and returns the line it printed.
 fn start(peer: &str, addr: &str) -> (Server, String) {
+    start_with(peer, &[addr])
+}
+
+/// Starts `iotask-bench serve PEER ARGS...` and returns the line it printed.
+fn start_with(peer: &str, args: &[&str]) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_iotask-bench"))
-        .args(["serve", peer, addr])
+        .args(["serve", peer])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -239,6 +250,67 @@ fn s2u_skips_peers_without_a_unix_server() {
         .find(|l| l.starts_with("| S2U | msg/s | unpinned |"))
         .unwrap_or_else(|| panic!("no S2U summary row:\n{report}"));
     assert!(row.contains("(ref)") && row.ends_with("| – |"), "{row}");
+}
+
+#[test]
+fn proxy_peers_pass_every_byte_on_to_the_echo_server_and_back() {
+    let (_upstream, line) = start("tokio-ct", "127.0.0.1:0");
+    for peer in PROXY_PEERS {
+        let (_proxy, proxy_line) = start_with(peer, &["127.0.0.1:0", "--upstream", &line]);
+        let addr: SocketAddr = proxy_line
+            .parse()
+            .unwrap_or_else(|_| panic!("{peer}: printed {proxy_line:?}, not an address"));
+        check_echo(peer, || connect(addr));
+    }
+}
+
+#[test]
+fn a_proxy_peer_without_an_upstream_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_iotask-bench"))
+        .args(["serve", "iotask-proxy", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the binary");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--upstream"), "{stderr}");
+}
+
+/// A short S2P run: the two proxies are measured, an echo server given with them is
+/// skipped with a note, and the run succeeds.
+#[test]
+fn s2p_measures_the_proxies_and_skips_the_echo_servers() {
+    let dir = TempDir::new("s2p-run");
+    let (md, svg) = (dir.0.join("run.md"), dir.0.join("run.svg"));
+    let out = Command::new(env!("CARGO_BIN_EXE_iotask-bench"))
+        .args([
+            "--scenarios",
+            "S2P",
+            "--peers",
+            "iotask-proxy,tokio-proxy,mio",
+        ])
+        .args(["--layout", "unpinned", "--rounds", "1", "--duration", "0.2"])
+        .arg("--no-syscalls")
+        .arg("--out-md")
+        .arg(&md)
+        .arg("--out-svg")
+        .arg(&svg)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the harness");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("FAILED"), "{stderr}");
+    let report = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        report.contains("> S2P: no server of mio for this transport; skipped."),
+        "{report}"
+    );
+    let row = report
+        .lines()
+        .find(|l| l.starts_with("| S2P | msg/s | unpinned |"))
+        .unwrap_or_else(|| panic!("no S2P summary row:\n{report}"));
+    assert!(row.contains("(ref)"), "{row}");
 }
 
 #[test]

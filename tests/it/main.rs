@@ -35,6 +35,7 @@ mod examples_chat;
 mod examples_echo;
 mod examples_http;
 mod examples_kv;
+mod examples_proxy;
 mod listen_into;
 mod reliability_faults;
 mod server_control;

@@ -1,4 +1,5 @@
-//! The echo servers under test, one per peer, each run in its own child process.
+//! The echo servers under test, one per peer, each run in its own child process; and the
+//! two proxies of scenario S2P, which sit in front of tokio-ct's echo server.
 //!
 //! Every server binds the address it is given, prints the bound address on a line of its
 //! own on stdout, then echoes every byte back on every connection until it is killed.
@@ -13,9 +14,11 @@
 
 mod iotask_actor;
 mod iotask_ports;
+mod iotask_proxy;
 mod mio_floor;
 mod std_threads;
 mod tokio_echo;
+mod tokio_proxy;
 
 use std::fmt;
 use std::io::{self, Write};
@@ -36,6 +39,8 @@ pub enum Transport {
     Tcp,
     /// A Unix-domain stream socket.
     Unix,
+    /// TCP on loopback through a proxy, in front of tokio-ct's echo server (the upstream).
+    Proxied,
 }
 
 /// A server implementation under test.
@@ -63,11 +68,15 @@ pub enum Peer {
     Mio,
     /// std, a blocking thread per connection.
     StdThreads,
+    /// The `proxy` example: one actor owns both sides of every connection (S2P only).
+    IotaskProxy,
+    /// tokio current_thread, a task per connection running `copy_bidirectional` (S2P only).
+    TokioProxy,
 }
 
 impl Peer {
     /// Every peer, in table order.
-    pub const ALL: [Peer; 11] = [
+    pub const ALL: [Peer; 13] = [
         Peer::IotaskPorts,
         Peer::IotaskActor,
         Peer::IotaskActorListen,
@@ -79,6 +88,8 @@ impl Peer {
         Peer::TokioMt,
         Peer::Mio,
         Peer::StdThreads,
+        Peer::IotaskProxy,
+        Peer::TokioProxy,
     ];
 
     /// The name used on the command line and in tables.
@@ -95,6 +106,8 @@ impl Peer {
             Peer::TokioMt => "tokio-mt",
             Peer::Mio => "mio",
             Peer::StdThreads => "std-threads",
+            Peer::IotaskProxy => "iotask-proxy",
+            Peer::TokioProxy => "tokio-proxy",
         }
     }
 
@@ -132,15 +145,28 @@ impl Peer {
             Peer::StdThreads => {
                 "std: a blocking thread per connection: `read` into a 64 KiB buffer, `write_all`"
             }
+            Peer::IotaskProxy => {
+                "the `proxy` example: one actor owns client and upstream sockets, `connect_into` per client, `write_future` to the other side, detach/attach at 1 MiB / 256 KiB watermarks"
+            }
+            Peer::TokioProxy => {
+                "tokio current_thread, a task per client: `TcpStream::connect` upstream, `copy_bidirectional`"
+            }
         }
     }
 
-    /// Whether this peer has a server for `transport` (every peer serves TCP).
+    /// Whether this peer has a server for `transport`: every echo server serves TCP, two
+    /// serve Unix-domain sockets, and only the proxies are measured through a proxy.
     pub fn serves(self, transport: Transport) -> bool {
         match transport {
-            Transport::Tcp => true,
+            Transport::Tcp => !self.is_proxy(),
             Transport::Unix => matches!(self, Peer::IotaskActor | Peer::TokioCt),
+            Transport::Proxied => self.is_proxy(),
         }
+    }
+
+    /// Whether this peer is a proxy (it needs an upstream) rather than an echo server.
+    pub fn is_proxy(self) -> bool {
+        matches!(self, Peer::IotaskProxy | Peer::TokioProxy)
     }
 
     /// Whether this peer belongs to the library under test.
@@ -154,6 +180,7 @@ impl Peer {
                 | Peer::IotaskPool
                 | Peer::IotaskPoolShared
                 | Peer::IotaskPoolRr
+                | Peer::IotaskProxy
         )
     }
 }
@@ -178,14 +205,42 @@ impl FromStr for Peer {
     }
 }
 
-/// Runs `peer`'s echo server on `addr` (`IP:PORT` or `unix:PATH`) until the process is
-/// killed.
+/// Runs `peer`'s echo server on `addr` (`IP:PORT` or `unix:PATH`), or its proxy to
+/// `upstream`, until the process is killed.
 ///
 /// # Errors
 ///
 /// `Unsupported` for a Unix-domain address and a peer that does not [`serve`](Peer::serves)
-/// one; otherwise the server's own errors (binding, mostly).
-pub fn serve(peer: Peer, addr: &str) -> io::Result<()> {
+/// one, `InvalidInput` for a proxy without an upstream or an echo server with one;
+/// otherwise the server's own errors (binding, mostly).
+pub fn serve(peer: Peer, addr: &str, upstream: Option<SocketAddr>) -> io::Result<()> {
+    match (peer.is_proxy(), upstream) {
+        (true, Some(upstream)) if !addr.starts_with("unix:") => {
+            return match peer {
+                Peer::IotaskProxy => iotask_proxy::serve(addr, upstream),
+                _ => tokio_proxy::serve(addr, upstream),
+            };
+        }
+        (true, Some(_)) => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("{peer} has no Unix-domain server"),
+            ));
+        }
+        (true, None) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{peer} is a proxy: give --upstream IP:PORT"),
+            ));
+        }
+        (false, Some(_)) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{peer} is an echo server: it takes no --upstream"),
+            ));
+        }
+        (false, None) => {}
+    }
     if let Some(path) = addr.strip_prefix("unix:") {
         let path = Path::new(path);
         return match peer {
@@ -211,6 +266,7 @@ pub fn serve(peer: Peer, addr: &str) -> io::Result<()> {
         Peer::TokioMt => tokio_echo::serve(addr, Some(2)),
         Peer::Mio => mio_floor::serve(addr),
         Peer::StdThreads => std_threads::serve(addr),
+        Peer::IotaskProxy | Peer::TokioProxy => unreachable!("proxies are served above"),
     }
 }
 
