@@ -23,8 +23,9 @@
 //!   flow control slows its sender. When the queue falls to the low mark the mailbox gets
 //!   `Event::Drained`, and the other side is attached again.
 //! - **Half-closes are passed on.** When one side ends its sending (EOF), the other side's
-//!   writing half is shut down once every byte queued for it went out; the other direction
-//!   keeps flowing until it ends too (`socat -t 5`, `shutdown(SHUT_WR)` clients).
+//!   writing half is shut down once every byte queued for it went out
+//!   (`shutdown_write_future`, which does not wait); the other direction keeps flowing
+//!   until it ends too (`socat -t 5`, `shutdown(SHUT_WR)` clients).
 //! - **Resets are passed on.** When one side fails (a reset, or any other read error), the
 //!   other is reset at once (`abort`), so neither peer mistakes a failure for a clean end.
 //!   A client whose upstream cannot be reached is reset too.
@@ -49,7 +50,7 @@ mod actor_server;
 #[path = "support/listen_addr.rs"]
 mod listen_addr;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::error::Error;
 use std::io::{self, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -79,9 +80,6 @@ pub const HIGH_WATER: usize = 1 << 20;
 /// attached again for every chunk, near enough that the kernel's buffers never run dry
 /// while the reading resumes.
 pub const LOW_WATER: usize = 256 << 10;
-
-/// How often a half-close waiting for its side's queue to empty is looked at again.
-const SHUTDOWN_POLL: Duration = Duration::from_millis(5);
 
 /// How the proxy treats its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,17 +120,6 @@ pub trait Connect: Family {
         iotask: &IoTask,
         mailbox: &Mailbox<Message>,
     ) -> Result<SocketId, iotask::Error>;
-
-    /// The id and outcome of a connect of this family, taken out of `event`; any other
-    /// event is given back.
-    ///
-    /// # Errors
-    ///
-    /// The event itself, when it is not such an outcome.
-    #[allow(clippy::type_complexity)]
-    fn connected(
-        event: Event<Message>,
-    ) -> Result<(SocketId, Result<Stream<Self>, ConnectError>), Event<Message>>;
 }
 
 impl Connect for Tcp {
@@ -145,15 +132,6 @@ impl Connect for Tcp {
     ) -> Result<SocketId, iotask::Error> {
         tcp::connect_into(target.as_slice(), iotask, mailbox)
     }
-
-    fn connected(
-        event: Event<Message>,
-    ) -> Result<(SocketId, Result<Stream<Tcp>, ConnectError>), Event<Message>> {
-        match event {
-            Event::Connected { socket, result } => Ok((socket, result)),
-            other => Err(other),
-        }
-    }
 }
 
 impl Connect for Unix {
@@ -165,15 +143,6 @@ impl Connect for Unix {
         mailbox: &Mailbox<Message>,
     ) -> Result<SocketId, iotask::Error> {
         unix::connect_into(target, iotask, mailbox)
-    }
-
-    fn connected(
-        event: Event<Message>,
-    ) -> Result<(SocketId, Result<Stream<Unix>, ConnectError>), Event<Message>> {
-        match event {
-            Event::ConnectedUnix { socket, result } => Ok((socket, result)),
-            other => Err(other),
-        }
     }
 }
 
@@ -260,31 +229,17 @@ enum Reading {
     Ended,
 }
 
-/// How one side's writing half stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Writing {
-    Open,
-    /// The other side ended: shut down once every byte queued for this side went out.
-    ShutWhenFlushed,
-    Shut,
-}
-
 /// One end of a proxied connection.
 struct Side<F: Family> {
     sock: Stream<F>,
     reading: Reading,
-    writing: Writing,
 }
 
 impl<F: Family> Side<F> {
     fn new(sock: Stream<F>, reading: Reading) -> Side<F> {
         // Cannot fail: the low mark is below the high one.
         let _ = sock.set_watermarks(HIGH_WATER, LOW_WATER);
-        Side {
-            sock,
-            reading,
-            writing: Writing::Open,
-        }
+        Side { sock, reading }
     }
 
     fn pause(&mut self) {
@@ -302,20 +257,11 @@ impl<F: Family> Side<F> {
         }
     }
 
-    /// Shuts down the writing half if it waits for an empty queue and has one. Returns
-    /// whether it still waits.
-    fn shut_if_flushed(&mut self) -> bool {
-        if self.writing != Writing::ShutWhenFlushed {
-            return false;
-        }
-        if self.sock.queued_bytes() > 0 {
-            return true;
-        }
-        // The queue is empty, so this waits only for the I/O task to take the command. It
-        // fails when the peer is gone, which its `Closed` event tells.
-        let _ = self.sock.shutdown_write();
-        self.writing = Writing::Shut;
-        false
+    /// Passes a half-close on: the writing half is shut down once every byte queued for
+    /// this side went out, without waiting here. It fails only when the peer is gone, which
+    /// its `Closed` event tells.
+    fn shut_writing(&self) {
+        drop(self.sock.shutdown_write_future());
     }
 }
 
@@ -360,13 +306,6 @@ impl<F: Family, U: Family> Pair<F, U> {
                 .as_ref()
                 .is_some_and(|up| up.reading == Reading::Ended)
     }
-
-    /// Whether a writing half waits for its queue to empty.
-    fn shut_pending(&mut self) -> bool {
-        let client = self.client.shut_if_flushed();
-        let upstream = self.upstream.as_mut().is_some_and(Side::shut_if_flushed);
-        client || upstream
-    }
 }
 
 /// Which side of a pair a socket is.
@@ -381,8 +320,6 @@ struct Proxy<F: Family, U: Connect> {
     pairs: HashMap<SocketId, Pair<F, U>>,
     /// The client id of each upstream socket (connecting or connected).
     upstreams: HashMap<SocketId, SocketId>,
-    /// Pairs with a writing half waiting for its queue to empty.
-    shutting: HashSet<SocketId>,
     target: U::Target,
     iotask: IoTask,
     config: Config,
@@ -393,7 +330,6 @@ impl<F: Family, U: Connect> Proxy<F, U> {
         Proxy {
             pairs: HashMap::new(),
             upstreams: HashMap::new(),
-            shutting: HashSet::new(),
             target,
             iotask,
             config,
@@ -407,16 +343,13 @@ impl<F: Family, U: Connect> Proxy<F, U> {
             (self.config.idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let mut next_sweep = Instant::now() + sweep_interval;
         loop {
-            let mut wait = next_sweep.saturating_duration_since(Instant::now());
-            if !self.shutting.is_empty() {
-                wait = wait.min(SHUTDOWN_POLL);
-            }
-            // `into_accepted` takes a new client out of the event, `U::connected` the
+            let wait = next_sweep.saturating_duration_since(Instant::now());
+            // `into_accepted` takes a new client out of the event, `into_connected` the
             // outcome of an upstream connect.
             match mailbox.recv_timeout(wait).map(Event::into_accepted::<F>) {
                 Some(Ok(client)) => self.accept(client, &mailbox),
                 Some(Err(Event::Message(Message::Stop))) => return,
-                Some(Err(event)) => match U::connected(event) {
+                Some(Err(event)) => match event.into_connected::<U>() {
                     Ok((socket, result)) => self.connected(socket, result, &mailbox),
                     Err(Event::Data { socket, data }) => self.data(socket, data),
                     Err(Event::Closed { socket, error }) => self.closed(socket, &error),
@@ -424,11 +357,6 @@ impl<F: Family, U: Connect> Proxy<F, U> {
                     Err(_) => {}
                 },
                 None => {}
-            }
-            if !self.shutting.is_empty() {
-                let pairs = &mut self.pairs;
-                self.shutting
-                    .retain(|id| pairs.get_mut(id).is_some_and(Pair::shut_pending));
             }
             let now = Instant::now();
             if now >= next_sweep {
@@ -484,8 +412,7 @@ impl<F: Family, U: Connect> Proxy<F, U> {
         }
         if pair.client.reading == Reading::Ended {
             // The client sent EOF before the upstream was there.
-            upstream.writing = Writing::ShutWhenFlushed;
-            self.shutting.insert(id);
+            upstream.shut_writing();
         } else {
             resume_if_drained(&mut pair.client, upstream, mailbox);
         }
@@ -532,12 +459,12 @@ impl<F: Family, U: Connect> Proxy<F, U> {
             (Role::Client, upstream) => {
                 pair.client.reading = Reading::Ended;
                 if let Some(upstream) = upstream {
-                    upstream.writing = Writing::ShutWhenFlushed;
+                    upstream.shut_writing();
                 }
             }
             (Role::Upstream, Some(upstream)) => {
                 upstream.reading = Reading::Ended;
-                pair.client.writing = Writing::ShutWhenFlushed;
+                pair.client.shut_writing();
             }
             (Role::Upstream, None) => unreachable!("an upstream's end follows its connect"),
         }
@@ -545,8 +472,6 @@ impl<F: Family, U: Connect> Proxy<F, U> {
             // Both sides are done: dropping the sockets writes what is still queued, then
             // closes them.
             self.remove(id);
-        } else if pair.shut_pending() {
-            self.shutting.insert(id);
         }
     }
 
@@ -564,12 +489,9 @@ impl<F: Family, U: Connect> Proxy<F, U> {
         }
     }
 
-    /// Closes idle pairs, and resumes any side whose peer's queue drained without a
-    /// `Drained` event.
-    ///
-    /// That happens when the actor saw a queue pass the high mark but the I/O task did not:
-    /// the task flushed part of the queue before it took the write that made the actor
-    /// count more than the mark. Without this, such a pair would wait for the idle limit.
+    /// Closes idle pairs. (It also resumes a side whose peer's queue is down to the low
+    /// mark: a cheap guard, as the library marks the high mark on the writer's side and
+    /// cannot miss a `Drained`.)
     fn sweep(&mut self, now: Instant, mailbox: &Mailbox<Message>) {
         let idle = self.config.idle;
         let mut expired = Vec::new();
@@ -590,7 +512,6 @@ impl<F: Family, U: Connect> Proxy<F, U> {
     fn remove(&mut self, id: SocketId) {
         if let Some(pair) = self.pairs.remove(&id) {
             self.upstreams.remove(&pair.upstream_id);
-            self.shutting.remove(&id);
         }
     }
 }
