@@ -170,3 +170,22 @@ mod tests {
         iotask.shutdown();
     }
 }
+#[cfg(test)]
+mod sizes {
+    /// What every connection costs the loop's slab and its shared write state. The
+    /// benchmark's S6 (memory per idle connection) follows these; a field that only some
+    /// sockets use belongs behind a pointer (`WriteState::controls`, boxed errors).
+    #[test]
+    fn a_connection_s_state_stays_small() {
+        use crate::io_task::{entry::Entry, stream::StreamEntry, writes::WriteState};
+        let entry = std::mem::size_of::<Entry>();
+        assert_eq!(
+            entry,
+            std::mem::size_of::<StreamEntry>(),
+            "a stream is the largest slot"
+        );
+        assert!(entry <= 240, "a slab slot takes {entry} bytes");
+        let writes = std::mem::size_of::<WriteState>();
+        assert!(writes <= 120, "a stream's write state takes {writes} bytes");
+    }
+}

@@ -153,13 +153,13 @@ impl EventLoop {
                         }
                     }
                     self.stats.connecting += 1;
-                    vacant.insert(Entry::Connecting(ConnectEntry {
+                    vacant.insert(Entry::Connecting(Box::new(ConnectEntry {
                         id: key.id,
                         reg,
                         job,
                         addr,
                         deadline,
-                    }));
+                    })));
                     self.push_timer(deadline, Timer::ConnectDeadline(key));
                     if !in_progress {
                         self.push_timer(deadline_after(CONNECT_RETRY), Timer::ConnectRetry(key));

@@ -30,8 +30,10 @@ pub(crate) fn next_id() -> u64 {
 pub(crate) enum Entry {
     Listener(ListenerEntry),
     Stream(StreamEntry),
-    /// A stream whose non-blocking connect has not completed yet.
-    Connecting(ConnectEntry),
+    /// A stream whose non-blocking connect has not completed yet (boxed: it holds an
+    /// address and the request, and every slot of the slab is as large as its largest
+    /// kind).
+    Connecting(Box<ConnectEntry>),
 }
 
 impl Entry {

@@ -190,9 +190,11 @@ impl RawStream {
     /// Counts `len` more bytes queued, noting when they take the queue past the high mark.
     fn count_queued(&self, len: usize) {
         let total = self.writes.queued.fetch_add(len, Ordering::SeqCst) + len;
-        let high = self.writes.high.load(Ordering::Relaxed);
-        if high > 0 && total > high {
-            self.writes.above_high.store(true, Ordering::SeqCst);
+        if let Some(controls) = self.writes.controls() {
+            let high = controls.high.load(Ordering::Relaxed);
+            if high > 0 && total > high {
+                controls.above_high.store(true, Ordering::SeqCst);
+            }
         }
     }
 
@@ -230,12 +232,9 @@ impl RawStream {
 
     /// Sets (or clears) the socket's deadline.
     pub(crate) fn set_deadline(&self, deadline: Option<Instant>) -> Result<(), Error> {
-        *self
-            .writes
-            .deadline
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = deadline;
-        self.writes
+        let controls = self.writes.controls_or_init();
+        *controls.deadline.lock().unwrap_or_else(|p| p.into_inner()) = deadline;
+        controls
             .has_deadline
             .store(deadline.is_some(), Ordering::SeqCst);
         self.task.send(Command::SetDeadline {
@@ -246,14 +245,11 @@ impl RawStream {
 
     /// The socket's deadline.
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        if !self.writes.has_deadline.load(Ordering::Relaxed) {
+        let controls = self.writes.controls()?;
+        if !controls.has_deadline.load(Ordering::Relaxed) {
             return None;
         }
-        *self
-            .writes
-            .deadline
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        *controls.deadline.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Shuts down the receiving side (see `EventLoop::shutdown_read`).
@@ -274,12 +270,13 @@ impl RawStream {
 
     /// Sets the write queue's watermarks (`high` 0: none).
     pub(crate) fn set_watermarks(&self, high: usize, low: usize) {
-        self.writes.low.store(low, Ordering::SeqCst);
-        self.writes.high.store(high, Ordering::SeqCst);
+        let controls = self.writes.controls_or_init();
+        controls.low.store(low, Ordering::SeqCst);
+        controls.high.store(high, Ordering::SeqCst);
         if high > 0 && self.queued_bytes() > high {
             // Already past it: the mailbox hears when the queue drains. The loop checks
             // after its next flush; a nudge makes sure one comes.
-            self.writes.above_high.store(true, Ordering::SeqCst);
+            controls.above_high.store(true, Ordering::SeqCst);
             let _ = self.task.send(Command::CheckDrained(self.key));
         }
     }
@@ -289,12 +286,18 @@ impl RawStream {
         let ms = limit.map_or(0, |l| {
             u64::try_from(l.as_millis()).unwrap_or(u64::MAX).max(1)
         });
-        self.writes.age_limit_ms.store(ms, Ordering::SeqCst);
+        self.writes
+            .controls_or_init()
+            .age_limit_ms
+            .store(ms, Ordering::SeqCst);
     }
 
     /// Whether closing the stream resets it (`SO_LINGER` 0) instead of flushing it.
     pub(crate) fn set_reset_on_close(&self, reset: bool) {
-        self.writes.reset_on_close.store(reset, Ordering::SeqCst);
+        self.writes
+            .controls_or_init()
+            .reset_on_close
+            .store(reset, Ordering::SeqCst);
     }
 
     /// Puts bytes back in front of everything not yet delivered.

@@ -45,14 +45,14 @@ pub(crate) struct StreamEntry {
     /// bytes: the end of the stream is `read_end`.
     pub(crate) stash: VecDeque<Chunk>,
     /// Set once EOF or a read error was seen: every later reader gets this error.
-    pub(crate) read_end: Option<Error>,
+    pub(crate) read_end: Option<Box<Error>>,
     /// Set while the sink's window is full: the stream is parked in that window (see
     /// `Window::park`) and not read until the window sends `Resume`.
     pub(crate) paused: bool,
     /// Writes not yet fully accepted by the kernel, oldest first.
     pub(crate) writes: VecDeque<PendingWrite>,
     /// Set after a write failed: every later write fails with it, and `writes` is empty.
-    pub(crate) write_error: Option<Error>,
+    pub(crate) write_error: Option<Box<Error>>,
     /// The user's handles to the stream (`try_clone` makes more); it closes when the last
     /// is dropped. At least 1 while the stream is not closing.
     pub(crate) handles: usize,
@@ -63,7 +63,7 @@ pub(crate) struct StreamEntry {
     /// Set when a send failed on a broken connection (a reset, a timeout). The failed send
     /// consumed the socket's pending error, after which `recv` reports a plain end; the
     /// reader gets this error instead of `EOF`, which would claim the peer closed cleanly.
-    pub(crate) broken: Option<Error>,
+    pub(crate) broken: Option<Box<Error>>,
     /// Set when the user dropped the stream: close as soon as `writes` is empty. A closing
     /// stream takes no more commands (`EventLoop::stream` does not return it).
     pub(crate) closing: bool,
@@ -216,7 +216,7 @@ impl EventLoop {
         if let Some(s) = self.stream(key) {
             if let (Some(end), true, true) = (&s.read_end, s.stash.is_empty(), s.sink.wants_reads())
             {
-                let end = end.clone();
+                let end = (**end).clone();
                 self.deliver(key, Err(end));
             }
         }
@@ -391,7 +391,7 @@ impl EventLoop {
             };
             match recv_spare(s.reg.socket(), &mut self.buf) {
                 Ok(0) => {
-                    let end = s.broken.take().unwrap_or_else(Error::eof);
+                    let end = s.broken.take().map_or_else(Error::eof, |e| *e);
                     self.end_reading(key, end);
                     break;
                 }
@@ -443,7 +443,7 @@ impl EventLoop {
             self.stats.resets += 1;
         }
         if let Some(s) = self.any_stream(key) {
-            s.read_end = Some(error.clone());
+            s.read_end = Some(Box::new(error.clone()));
             self.deliver(key, Err(error));
         }
     }
@@ -472,7 +472,10 @@ impl EventLoop {
             s.write_state.complete_one();
             return;
         }
-        let age_limit = s.write_state.age_limit_ms.load(Ordering::Relaxed);
+        let age_limit = s
+            .write_state
+            .controls()
+            .map_or(0, |c| c.age_limit_ms.load(Ordering::Relaxed));
         let queued_at = (age_limit > 0).then(std::time::Instant::now);
         let first = s.writes.is_empty();
         s.writes.push_back(PendingWrite {
@@ -610,7 +613,7 @@ impl EventLoop {
                             | io::ErrorKind::NetworkDown
                     );
                     if let Some(s) = self.any_stream(key).filter(|_| broken) {
-                        s.broken = Some(error.clone());
+                        s.broken = Some(Box::new(error.clone()));
                     }
                     self.fail_writes(key, error);
                     break;
@@ -633,7 +636,7 @@ impl EventLoop {
             s.write_blocked = false;
             s.writes.clear();
             s.write_state.fail(error.clone());
-            s.write_error = Some(error);
+            s.write_error = Some(Box::new(error));
         }
         self.drained(key);
     }
@@ -644,13 +647,15 @@ impl EventLoop {
         let Some(s) = self.any_stream(key) else {
             return;
         };
-        let writes = &s.write_state;
-        if !writes.above_high.load(Ordering::SeqCst) {
+        let Some(controls) = s.write_state.controls() else {
+            return;
+        };
+        if !controls.above_high.load(Ordering::SeqCst) {
             return;
         }
-        let queued = writes.queued.load(Ordering::SeqCst) & !QUEUED_CLOSED;
-        if queued > writes.low.load(Ordering::Relaxed)
-            || !writes.above_high.swap(false, Ordering::SeqCst)
+        let queued = s.write_state.queued.load(Ordering::SeqCst) & !QUEUED_CLOSED;
+        if queued > controls.low.load(Ordering::Relaxed)
+            || !controls.above_high.swap(false, Ordering::SeqCst)
         {
             return;
         }
@@ -666,7 +671,10 @@ impl EventLoop {
         let Some(s) = self.stream(key) else {
             return;
         };
-        let limit = s.write_state.age_limit_ms.load(Ordering::Relaxed);
+        let limit = s
+            .write_state
+            .controls()
+            .map_or(0, |c| c.age_limit_ms.load(Ordering::Relaxed));
         let Some(oldest) = s.writes.front().and_then(|w| w.queued_at) else {
             return;
         };
@@ -728,7 +736,7 @@ impl EventLoop {
                 self.end_reading(key, Error::eof());
             } else if let Some(s) = self.stream(key) {
                 // The stash comes first; the next reader gets the end after it.
-                s.read_end = Some(Error::eof());
+                s.read_end = Some(Box::new(Error::eof()));
             }
         }
         self.update_interest(key);
@@ -773,7 +781,8 @@ impl EventLoop {
         let Some(s) = self.stream(key) else {
             return;
         };
-        if s.write_state.reset_on_close.load(Ordering::SeqCst) {
+        let reset = s.write_state.controls();
+        if reset.is_some_and(|c| c.reset_on_close.load(Ordering::SeqCst)) {
             sys::reset(s.reg.socket());
             self.remove(key, Error::closed());
             return;

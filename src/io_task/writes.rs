@@ -10,7 +10,7 @@
 //! one uncontended lock on the user side and two atomic operations on the loop's.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -27,6 +27,24 @@ pub(crate) struct WriteState {
     /// Bytes handed to `write` and not yet in the kernel: the user side adds, the loop
     /// subtracts; `QUEUED_CLOSED` once the stream is gone.
     pub(crate) queued: AtomicUsize,
+    /// What the user set beyond reading and writing, made on first use: a socket that
+    /// uses none of it carries one pointer, and checks it with one load.
+    controls: OnceLock<Box<Controls>>,
+    /// The number the next write gets. Held while the write command is sent, so that
+    /// numbers follow the order in which the loop receives the writes.
+    next: Mutex<u64>,
+    /// How many writes completed, all of them successfully (the first `done` numbers).
+    done: AtomicU64,
+    /// Threads and tasks waiting for a write of this stream.
+    waiting: AtomicUsize,
+    /// Guards `failed` and `wakers`; `changed` is signalled under it.
+    inner: Mutex<Waiting>,
+    changed: Condvar,
+}
+
+/// A socket's optional controls (see `WriteState::controls`).
+#[derive(Debug, Default)]
+pub(crate) struct Controls {
     /// Set by the user (`SO_LINGER` 0): closing the stream resets it instead of flushing.
     pub(crate) reset_on_close: AtomicBool,
     /// The high and low watermarks of the queue, in bytes (`high` 0: none): once more than
@@ -44,32 +62,22 @@ pub(crate) struct WriteState {
     /// The socket's deadline, shared by all its handles, which bounds blocking reads on the
     /// user's side; the loop keeps its own copy, for the writes.
     pub(crate) deadline: Mutex<Option<std::time::Instant>>,
-    /// Whether `deadline` is set, so that a socket without one takes no lock per write.
+    /// Whether `deadline` is set, so that reads and writes take no lock to find out.
     pub(crate) has_deadline: AtomicBool,
-    /// The number the next write gets. Held while the write command is sent, so that
-    /// numbers follow the order in which the loop receives the writes.
-    next: Mutex<u64>,
-    /// How many writes completed, all of them successfully (the first `done` numbers).
-    done: AtomicU64,
-    /// Threads and tasks waiting for a write of this stream.
-    waiting: AtomicUsize,
-    /// Guards `failed` and `wakers`; `changed` is signalled under it.
-    inner: Mutex<Waiting>,
-    changed: Condvar,
 }
 
 #[derive(Debug, Default)]
 struct Waiting {
     /// Every write numbered at or above `.0` fails with `.1`.
-    failed: Option<(u64, Error)>,
+    failed: Option<(u64, Box<Error>)>,
     /// Tasks awaiting write number `.0`.
     wakers: Vec<(u64, Waker)>,
 }
 
 /// The outcome of write number `seq`, once it is known.
-fn outcome(done: u64, failed: &Option<(u64, Error)>, seq: u64) -> Option<Result<(), Error>> {
+fn outcome(done: u64, failed: &Option<(u64, Box<Error>)>, seq: u64) -> Option<Result<(), Error>> {
     match failed {
-        Some((from, error)) if seq >= *from => Some(Err(error.clone())),
+        Some((from, error)) if seq >= *from => Some(Err((**error).clone())),
         _ if seq < done => Some(Ok(())),
         _ => None,
     }
@@ -78,6 +86,16 @@ fn outcome(done: u64, failed: &Option<(u64, Error)>, seq: u64) -> Option<Result<
 impl WriteState {
     pub(crate) fn new() -> WriteState {
         WriteState::default()
+    }
+
+    /// The socket's controls, if the user set any.
+    pub(crate) fn controls(&self) -> Option<&Controls> {
+        self.controls.get().map(|c| &**c)
+    }
+
+    /// The socket's controls, made now if need be.
+    pub(crate) fn controls_or_init(&self) -> &Controls {
+        self.controls.get_or_init(Box::default)
     }
 
     /// Numbers a write and queues it through `send` (which sends the command), holding
@@ -103,7 +121,7 @@ impl WriteState {
     pub(crate) fn fail(&self, error: Error) {
         let mut inner = self.lock();
         if inner.failed.is_none() {
-            inner.failed = Some((self.done.load(Ordering::SeqCst), error));
+            inner.failed = Some((self.done.load(Ordering::SeqCst), Box::new(error)));
         }
         drop(inner);
         if self.waiting.load(Ordering::SeqCst) > 0 {
