@@ -113,6 +113,24 @@ impl<F: Family> Listener<F> {
         ))
     }
 
+    /// The listening socket back out, in blocking mode, for a family's `into_std`; refused
+    /// for a listener bound on several tasks (it has a socket per task).
+    pub(crate) fn into_socket(mut self) -> Result<Socket, ListenError> {
+        if self.sockets.len() != 1 {
+            return Err(Error::new(
+                "EINVAL",
+                "a listener bound on a pool has a socket per task",
+                std::io::ErrorKind::InvalidInput,
+            )
+            .into());
+        }
+        let socket = self.sockets.pop().expect("one socket");
+        socket.set_nonblocking(false)?;
+        // The socket file now belongs to whoever holds the socket.
+        self.unlink = None;
+        Ok(socket)
+    }
+
     /// Removes `path` when the listener closes, if it is still this socket's file.
     pub(crate) fn unlink_on_close(&mut self, path: PathBuf, dev: u64, ino: u64) {
         self.unlink = Some((path, dev, ino));
@@ -344,6 +362,11 @@ impl<F: Family> Listener<F> {
             state.unlink_on_close(path, dev, ino);
         }
         let sockets = std::mem::take(&mut self.sockets);
+        #[cfg(unix)]
+        if let Some(first) = sockets.first() {
+            use std::os::fd::AsRawFd as _;
+            state.set_raw_fd(first.as_raw_fd());
+        }
         for (i, (task, socket)) in self.tasks.iter().zip(sockets).enumerate() {
             if let Err(e) = state.register(task.shared(), socket, target(i)) {
                 state.close_now();

@@ -241,6 +241,17 @@ impl Stream<Tcp> {
 }
 
 impl server::Listener<Tcp> {
+    /// The bound socket back out as a blocking `std` listener, not yet served (options as
+    /// they were set).
+    ///
+    /// # Errors
+    ///
+    /// `Generic` named `"EINVAL"` for a listener bound on a pool (a socket per task); as
+    /// `fcntl(2)`.
+    pub fn into_std(self) -> Result<std::net::TcpListener, ListenError> {
+        self.into_socket().map(std::net::TcpListener::from)
+    }
+
     /// Serves a listener made elsewhere (a `std::net::TcpListener`, bound and listening,
     /// perhaps inherited from a parent process), made non-blocking here. Of `options`, what
     /// applies after binding does (limits, accepted sockets' options, handler errors); the

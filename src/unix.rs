@@ -177,6 +177,17 @@ impl<T: ToUnixAddr + ?Sized> ToUnixAddr for &T {
 }
 
 impl server::Listener<Unix> {
+    /// The bound socket back out as a blocking `std` listener, not yet served. Its socket
+    /// file is then the `std` listener's holder's: iotask no longer removes it.
+    ///
+    /// # Errors
+    ///
+    /// `Generic` named `"EINVAL"` for a listener bound on a pool; as `fcntl(2)`.
+    pub fn into_std(self) -> Result<std::os::unix::net::UnixListener, ListenError> {
+        self.into_socket()
+            .map(std::os::unix::net::UnixListener::from)
+    }
+
     /// Serves a listener made elsewhere (a `std::os::unix::net::UnixListener`), made
     /// non-blocking here. Its socket file is not iotask's: the listener leaves it in place
     /// when it closes.

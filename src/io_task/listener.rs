@@ -129,6 +129,9 @@ pub(crate) struct ListenerState {
     /// Whether anybody sleeps on `changed`, so a closing connection skips the wake-up.
     waiters: AtomicUsize,
     changed: Condvar,
+    /// The first listening socket's descriptor number, for `Server`'s `AsRawFd` (-1 before
+    /// it is registered).
+    raw_fd: std::sync::atomic::AtomicI32,
     /// A socket file to remove once the last listening socket closed (Unix-domain), with
     /// the device and inode it had, so that a file another server bound since is kept.
     unlink: Mutex<Option<(PathBuf, u64, u64)>>,
@@ -149,6 +152,7 @@ impl ListenerState {
             open_sockets: Mutex::new(0),
             waiters: AtomicUsize::new(0),
             changed: Condvar::new(),
+            raw_fd: std::sync::atomic::AtomicI32::new(-1),
             unlink: Mutex::new(None),
         }
     }
@@ -168,6 +172,16 @@ impl ListenerState {
         })?;
         lock(&self.sockets).push((task.clone(), key));
         Ok(())
+    }
+
+    /// Records the first listening socket's descriptor number.
+    pub(crate) fn set_raw_fd(&self, fd: i32) {
+        self.raw_fd.store(fd, Ordering::SeqCst);
+    }
+
+    /// The first listening socket's descriptor number (-1 before it was registered).
+    pub(crate) fn raw_fd(&self) -> i32 {
+        self.raw_fd.load(Ordering::SeqCst)
     }
 
     /// Removes `path` once the last listening socket is closed, if it is still the file

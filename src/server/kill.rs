@@ -38,7 +38,7 @@ pub enum CloseMode {
 pub struct KillChan<F: Family> {
     /// The serving thread's channel; `None` for a listener feeding a mailbox.
     pub(super) tx: Option<flume::Sender<AcceptEvent>>,
-    pub(super) state: Arc<ListenerState>,
+    pub(crate) state: Arc<ListenerState>,
     pub(super) local_addr: F::Addr,
 }
 

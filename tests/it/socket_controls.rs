@@ -692,3 +692,40 @@ fn sockets_and_listeners_go_into_and_out_of_std() {
     peer.write_all(b"again").unwrap();
     assert_eq!(sock.read_exact(5, TIMEOUT).unwrap(), b"again");
 }
+
+#[test]
+fn a_bound_listener_goes_back_to_std_and_a_server_shows_its_descriptor() {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    let iotask = IoTask::spawn().unwrap();
+    let listener = tcp::bind("127.0.0.1:0", &ListenOptions::new(), &iotask).unwrap();
+    let addr = listener.local_addr();
+    let std_listener = listener.into_std().unwrap();
+    assert_eq!(std_listener.local_addr().unwrap(), addr);
+    let client = TcpStream::connect(addr).unwrap();
+    let (accepted, _) = std_listener.accept().unwrap();
+    assert_eq!(accepted.peer_addr().unwrap(), client.local_addr().unwrap());
+
+    let pool = iotask::IoPool::spawn(2).unwrap();
+    let pooled = tcp::bind_pool("127.0.0.1:0", &ListenOptions::new(), &pool).unwrap();
+    assert!(matches!(
+        pooled.into_std(),
+        Err(tcp::ListenError::Generic { ref name, .. }) if name == "EINVAL"
+    ));
+
+    let server = tcp::bind("127.0.0.1:0", &ListenOptions::new(), &iotask)
+        .unwrap()
+        .spawn(|conn, _| drop(conn))
+        .unwrap();
+    let fd = server.as_raw_fd();
+    assert!(fd >= 0);
+    // SAFETY: the server runs, so its listening socket is open for this borrow.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let raw = socket2::SockRef::from(&borrowed);
+    assert!(raw.is_listener().unwrap());
+    assert_eq!(
+        raw.local_addr().unwrap().as_socket(),
+        Some(server.local_addr())
+    );
+    server.stop().unwrap();
+    pool.shutdown();
+}
