@@ -177,9 +177,13 @@ impl ListenerState {
     /// Records the first listening socket's descriptor number.
     pub(crate) fn set_raw_fd(&self, fd: i32) {
         self.raw_fd.store(fd, Ordering::SeqCst);
+        if self.is_closed() {
+            self.raw_fd.store(-1, Ordering::SeqCst);
+        }
     }
 
-    /// The first listening socket's descriptor number (-1 before it was registered).
+    /// The first listening socket's descriptor number (-1 before it was registered and once
+    /// the listener is closing).
     pub(crate) fn raw_fd(&self) -> i32 {
         self.raw_fd.load(Ordering::SeqCst)
     }
@@ -247,7 +251,11 @@ impl ListenerState {
 
     /// Marks the listener closed; returns whether this call did.
     pub(crate) fn set_closed(&self) -> bool {
-        !self.closed.swap(true, Ordering::SeqCst)
+        let first = !self.closed.swap(true, Ordering::SeqCst);
+        // A closing socket's number may be reused by the kernel: stop handing it out (after
+        // the flag, so that a `set_raw_fd` racing with this ends at -1 either way).
+        self.raw_fd.store(-1, Ordering::SeqCst);
+        first
     }
 
     /// Records why the listener stopped (keeping an earlier reason) and marks it closed.

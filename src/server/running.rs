@@ -99,7 +99,7 @@ impl<F: Family> Server<F> {
 
 /// The (first) listening socket's descriptor number, for `getsockopt` and the like (Async's
 /// `listening_socket`), valid while the server runs: the I/O task closes it when the server
-/// stops. Only the I/O task may accept on it or close it.
+/// stops, and from then on this is -1. Only the I/O task may accept on it or close it.
 #[cfg(unix)]
 impl<F: Family> std::os::fd::AsRawFd for Server<F> {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {

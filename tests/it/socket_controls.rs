@@ -726,6 +726,15 @@ fn a_bound_listener_goes_back_to_std_and_a_server_shows_its_descriptor() {
         raw.local_addr().unwrap().as_socket(),
         Some(server.local_addr())
     );
+    server
+        .kill_chan()
+        .close(iotask::server::CloseMode::LeaveConnections);
+    assert!(server.kill_chan().wait_closed(Duration::from_secs(10)));
+    assert_eq!(
+        server.as_raw_fd(),
+        -1,
+        "a closed listener's number may be reused"
+    );
     server.stop().unwrap();
     pool.shutdown();
 }
