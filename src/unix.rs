@@ -227,8 +227,8 @@ pub fn bind<A: ToUnixAddr>(
 }
 
 /// [`bind`] on every I/O task of a pool. The tasks share one listening socket (a Unix-domain
-/// path cannot be bound twice), each registering it with `EPOLLEXCLUSIVE`, so an incoming
-/// connection wakes one task.
+/// path cannot be bound twice). With epoll (Linux) each registers it with `EPOLLEXCLUSIVE`, so an
+/// incoming connection wakes one task; elsewhere every task may wake and one accepts.
 ///
 /// # Errors
 ///
