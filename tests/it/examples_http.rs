@@ -108,18 +108,11 @@ impl Client {
 
     /// Asserts that nothing arrives for a short while (the server waits for more input).
     fn expect_silence(&mut self) {
-        self.writer
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let mut byte = [0u8; 1];
-        let result = self.reader.read(&mut byte);
-        assert!(
-            matches!(&result, Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)),
-            "the server answered early or closed: {result:?}"
+        examples_support::expect_silence(
+            &mut self.reader,
+            &self.writer,
+            "the server answered early or closed",
         );
-        self.writer
-            .set_read_timeout(Some(examples_support::TIMEOUT))
-            .unwrap();
     }
 }
 
@@ -534,28 +527,7 @@ fn wrk_runs_without_errors() {
     }
     let (server, _iotask) = start();
     let url = format!("http://{}/hello", server.local_addr());
-    let output = examples_support::run(
-        Command::new("wrk").args(["-t1", "-c50", "-d3s", &url]),
-        Stdio::null(),
-        Duration::from_secs(60),
-    );
-    let text = String::from_utf8_lossy(&output.stdout);
-    eprintln!("{text}");
-    assert!(output.status.success(), "wrk failed: {output:?}");
-    assert!(
-        !text.contains("Socket errors"),
-        "wrk saw socket errors:\n{text}"
-    );
-    assert!(
-        !text.contains("Non-2xx or 3xx responses"),
-        "wrk saw failures:\n{text}"
-    );
-    let rate: f64 = text
-        .lines()
-        .find_map(|line| line.strip_prefix("Requests/sec:"))
-        .and_then(|rate| rate.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no Requests/sec in:\n{text}"));
-    assert!(rate > 0.0, "{text}");
+    examples_support::wrk(&url, 3);
     server.stop().unwrap();
 }
 

@@ -145,28 +145,7 @@ fn wrk_through_the_proxy_gets_every_answer() {
     let (http, _http_task) = start_http();
     let (proxy, _proxy_task) = proxy_to(http.local_addr());
     let url = format!("http://{}/hello", proxy.local_addr());
-    let output = examples_support::run(
-        Command::new("wrk").args(["-t1", "-c50", "-d2s", &url]),
-        Stdio::null(),
-        Duration::from_secs(60),
-    );
-    let text = String::from_utf8_lossy(&output.stdout);
-    eprintln!("wrk -t1 -c50 -d2s through the proxy:\n{text}");
-    assert!(output.status.success(), "wrk failed: {output:?}");
-    assert!(
-        !text.contains("Socket errors"),
-        "wrk saw socket errors:\n{text}"
-    );
-    assert!(
-        !text.contains("Non-2xx or 3xx responses"),
-        "wrk saw failures:\n{text}"
-    );
-    let rate: f64 = text
-        .lines()
-        .find_map(|line| line.strip_prefix("Requests/sec:"))
-        .and_then(|rate| rate.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no Requests/sec in:\n{text}"));
-    assert!(rate > 0.0, "{text}");
+    examples_support::wrk(&url, 2);
     proxy.stop().unwrap();
     http.stop().unwrap();
 }

@@ -259,6 +259,49 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Asserts that nothing arrives on `reader` (which reads `socket`) for 200 ms: the server
+/// waits for more input; `what` says what an early byte would mean.
+pub fn expect_silence(reader: &mut impl Read, socket: &TcpStream, what: &str) {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let result = reader.read(&mut byte);
+    assert!(
+        matches!(&result, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "{what}: {result:?}"
+    );
+    socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+}
+
+/// Runs `wrk -t1 -c50 -d{seconds}s url`, asserts that it saw no socket errors and no failed
+/// answers, and returns its requests per second.
+pub fn wrk(url: &str, seconds: u32) -> f64 {
+    let output = run(
+        Command::new("wrk").args(["-t1", "-c50", &format!("-d{seconds}s"), url]),
+        Stdio::null(),
+        Duration::from_secs(60),
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    eprintln!("wrk -t1 -c50 -d{seconds}s {url}:\n{text}");
+    assert!(output.status.success(), "wrk failed: {output:?}");
+    assert!(
+        !text.contains("Socket errors"),
+        "wrk saw socket errors:\n{text}"
+    );
+    assert!(
+        !text.contains("Non-2xx or 3xx responses"),
+        "wrk saw failures:\n{text}"
+    );
+    let rate: f64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Requests/sec:"))
+        .and_then(|rate| rate.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in:\n{text}"));
+    assert!(rate > 0.0, "{text}");
+    rate
+}
+
 /// Runs a command with `stdin`, killing it if it runs past `limit`.
 pub fn run(command: &mut Command, stdin: Stdio, limit: Duration) -> Output {
     let mut child = command
