@@ -5,6 +5,7 @@
 
 pub(crate) mod command;
 pub(crate) mod connect;
+pub(crate) mod datagram;
 pub(crate) mod entry;
 pub(crate) mod event_loop;
 pub(crate) mod handle;

@@ -92,6 +92,7 @@ mod pool;
 pub mod server;
 pub mod stream;
 pub mod tcp;
+pub mod udp;
 #[cfg(unix)]
 pub mod unix;
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{ConnectError, Error};
+use crate::io_task::datagram::{Datagram, Received};
 use crate::io_task::sink::{Delivery, Inbox, StreamKind, Window};
 use crate::stream::{Family, Stream};
 use crate::tcp::TcpSocket;
@@ -42,7 +43,7 @@ pub enum Event<M> {
     },
     /// Reading from an attached socket ended: `error` is `"EOF"` when the peer closed, the
     /// read error, `"CLOSED"` when the socket was dropped, or `"SHUTDOWN"`. It comes once per
-    /// socket, after its last `Data`, and the socket is detached.
+    /// socket, after its last `Data` (or `Datagram`), and the socket is detached.
     Closed {
         /// The socket whose reading ended.
         socket: SocketId,
@@ -81,6 +82,24 @@ pub enum Event<M> {
     Drained {
         /// The socket whose queue drained.
         socket: SocketId,
+    },
+    /// A datagram received by an attached [`UdpSocket`](crate::udp::UdpSocket). Datagrams
+    /// that arrive while the mailbox holds more than its window are dropped, and counted in
+    /// [`UdpSocket::dropped`](crate::udp::UdpSocket::dropped).
+    Datagram {
+        /// The socket that received it ([`UdpSocket::id`](crate::udp::UdpSocket::id)).
+        socket: SocketId,
+        /// The datagram and its sender.
+        datagram: Datagram,
+    },
+    /// An attached UDP socket read an error, such as `"ECONNREFUSED"` on a connected socket
+    /// whose peer has no one listening (an ICMP "port unreachable"). The socket stays
+    /// attached: more datagrams may follow.
+    DatagramError {
+        /// The socket that read it.
+        socket: SocketId,
+        /// The error.
+        error: Error,
     },
     /// A message sent through a [`MailboxSender`].
     Message(M),
@@ -422,6 +441,15 @@ impl<M: Send + 'static> Mailbox<M> {
             // No other family exists on this platform; the stream closes.
             #[cfg(not(unix))]
             Delivery::Accepted(..) => return self.next_buffered(),
+            Delivery::Datagram { key, received } => {
+                let socket = SocketId(key.id);
+                self.sender.window.sub(received.cost());
+                return Some(match received {
+                    Received::Datagram(datagram) => Event::Datagram { socket, datagram },
+                    Received::Error(error) => Event::DatagramError { socket, error },
+                    Received::End(error) => Event::Closed { socket, error },
+                });
+            }
         };
         let socket = SocketId(key.id);
         Some(match chunk {

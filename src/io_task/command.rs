@@ -1,9 +1,10 @@
 //! The closed set of requests a user thread can make of the I/O task.
 //!
 //! Every way into the loop is one variant here and one arm of `EventLoop::handle`. Commands
-//! are built in two places only: `handle.rs` (streams) and `listener.rs` (listeners). A
-//! command that carries a `reply` resolves it exactly once; a command dropped unhandled (the
-//! loop stopped) drops its reply, which the waiting user reads as `SHUTDOWN`.
+//! are built in three places only: `handle.rs` (streams), `listener.rs` (listeners) and
+//! `datagram.rs` (datagram sockets). A command that carries a `reply` resolves it exactly
+//! once; a command dropped unhandled (the loop stopped) drops its reply, which the waiting
+//! user reads as `SHUTDOWN`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use socket2::{SockAddr, Socket};
 
 use crate::error::Error;
 use crate::io_task::connect::ConnectReply;
+use crate::io_task::datagram::{DatagramSink, DatagramState, Received, SendReply};
 use crate::io_task::entry::Key;
 use crate::io_task::listener::{AcceptTarget, ListenerState};
 use crate::io_task::sink::{Chunk, Sink, Window};
@@ -111,6 +113,39 @@ pub(crate) enum Command {
     ShutdownRead { key: Key, reply: Reply<()> },
     /// Reset the connection now: queued writes and the reader fail with `ABORTED`.
     Abort { key: Key, reply: Reply<()> },
+    /// Serve a bound, non-blocking datagram socket.
+    AddDatagram {
+        socket: Arc<Socket>,
+        state: Arc<DatagramState>,
+        reply: Reply<Key>,
+    },
+    /// Deliver a datagram socket's receptions to `sink` from now on (a mailbox attaching
+    /// sends no reply: a refusal reaches it as the socket's `Closed` event).
+    RecvStart {
+        key: Key,
+        sink: DatagramSink,
+        reply: Option<Reply<()>>,
+    },
+    /// Stop delivering datagrams to the port; take back what it still holds.
+    RecvStop {
+        key: Key,
+        port: flume::Receiver<Received>,
+        window: Arc<Window>,
+        reply: Reply<()>,
+    },
+    /// Deliver one datagram (or error) to `reply`, or a timeout at `deadline`.
+    RecvOnce {
+        key: Key,
+        deadline: Option<Instant>,
+        reply: oneshot::Sender<Received>,
+    },
+    /// Send one datagram, to `to` or to the connected peer, after those queued before it.
+    SendTo {
+        key: Key,
+        data: Vec<u8>,
+        to: Option<std::net::SocketAddr>,
+        reply: SendReply,
+    },
     /// Report the loop's counters.
     Stats(oneshot::Sender<crate::io_task::stats::Stats>),
     /// Give the stream up, unregistered and open (`into_std`), if nothing would be lost.
@@ -151,6 +186,11 @@ impl std::fmt::Debug for Command {
             Command::SetDeadline { .. } => "SetDeadline",
             Command::ShutdownRead { .. } => "ShutdownRead",
             Command::Abort { .. } => "Abort",
+            Command::AddDatagram { .. } => "AddDatagram",
+            Command::RecvStart { .. } => "RecvStart",
+            Command::RecvStop { .. } => "RecvStop",
+            Command::RecvOnce { .. } => "RecvOnce",
+            Command::SendTo { .. } => "SendTo",
             Command::Stats(_) => "Stats",
             Command::Release { .. } => "Release",
             Command::AddHandle(_) => "AddHandle",

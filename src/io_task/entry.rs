@@ -3,10 +3,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::io_task::connect::ConnectEntry;
+use crate::io_task::datagram::DatagramEntry;
 use crate::io_task::listener::ListenerEntry;
 use crate::io_task::stream::StreamEntry;
 
-/// A slab index plus the unique id of the stream or listener that held it when the key was
+/// A slab index plus the unique id of the socket that held it when the key was
 /// made. Slab indices are reused; ids never are, so a late command for a closed stream can
 /// never reach the stream that got its slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,6 +35,8 @@ pub(crate) enum Entry {
     /// address and the request, and every slot of the slab is as large as its largest
     /// kind).
     Connecting(Box<ConnectEntry>),
+    /// A datagram (UDP) socket.
+    Datagram(DatagramEntry),
 }
 
 impl Entry {
@@ -42,6 +45,7 @@ impl Entry {
             Entry::Listener(l) => l.id,
             Entry::Stream(s) => s.id,
             Entry::Connecting(c) => c.id,
+            Entry::Datagram(d) => d.id,
         }
     }
 }

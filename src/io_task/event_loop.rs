@@ -33,6 +33,9 @@ pub(crate) struct EventLoop {
     pub(super) entries: Slab<Entry>,
     /// Receive buffer of every `recv`; empty between reads (see `take_chunk`).
     pub(super) buf: Vec<u8>,
+    /// Receive buffer of every datagram, as large as the socket's largest datagram; empty
+    /// between receives (each datagram is copied out at its length).
+    pub(super) datagram_buf: Vec<u8>,
     /// Streams with writes queued this cycle (each with `dirty` set), flushed once after
     /// the command drain.
     pub(super) dirty: Vec<Key>,
@@ -85,6 +88,7 @@ impl EventLoop {
         EventLoop {
             shared,
             buf: Vec::with_capacity(config.read_buffer),
+            datagram_buf: Vec::new(),
             config,
             entries: Slab::new(),
             dirty: Vec::new(),
@@ -270,6 +274,9 @@ impl EventLoop {
                     self.push_timer(deadline, Timer::ReadDeadline(key));
                 }
             }
+            Command::Detach(key) if matches!(self.get(key), Some(Entry::Datagram(_))) => {
+                self.detach_datagram(key);
+            }
             Command::Detach(key) => {
                 if let Some(s) = self.stream(key) {
                     if matches!(s.sink, Sink::Mailbox { .. }) {
@@ -305,6 +312,46 @@ impl EventLoop {
             Command::Abort { key, reply } => {
                 let _ = reply.send(self.abort(key));
             }
+            Command::AddDatagram {
+                socket,
+                state,
+                reply,
+            } => {
+                let _ = reply.send(Ok(self.add_datagram(socket, state)));
+            }
+            Command::RecvStart { key, sink, reply } => {
+                let result = self.recv_start(key, sink);
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            Command::RecvStop {
+                key,
+                port,
+                window,
+                reply,
+            } => {
+                let _ = reply.send(self.recv_stop(key, port, &window));
+            }
+            Command::RecvOnce {
+                key,
+                deadline,
+                reply,
+            } => {
+                let sink = crate::io_task::datagram::DatagramSink::Once {
+                    tx: reply,
+                    deadline,
+                };
+                if self.recv_start(key, sink).is_ok() {
+                    self.push_timer(deadline, Timer::RecvDeadline(key));
+                }
+            }
+            Command::SendTo {
+                key,
+                data,
+                to,
+                reply,
+            } => self.send_datagram(key, data, to, reply),
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats);
             }
@@ -314,7 +361,12 @@ impl EventLoop {
             Command::AddHandle(key) => {
                 if let Some(s) = self.stream(key) {
                     s.handles += 1;
+                } else {
+                    self.add_datagram_handle(key);
                 }
+            }
+            Command::Close(key) if matches!(self.get(key), Some(Entry::Datagram(_))) => {
+                self.close_datagram(key);
             }
             Command::Close(key) => {
                 if let Some(s) = self.stream(key) {
@@ -344,6 +396,7 @@ impl EventLoop {
             Entry::Stream(_) => self.stats.streams -= 1,
             Entry::Listener(_) => self.stats.listeners -= 1,
             Entry::Connecting(_) => self.stats.connecting -= 1,
+            Entry::Datagram(_) => self.stats.datagram_sockets -= 1,
         }
         Some(entry)
     }
@@ -365,6 +418,7 @@ impl EventLoop {
         match entry {
             Entry::Listener(_) => self.accept(key),
             Entry::Stream(_) => self.stream_ready(key, readable, writable),
+            Entry::Datagram(_) => self.datagram_ready(key, readable, writable),
             Entry::Connecting(c) => {
                 if c.reg.interest().write && (readable || writable) {
                     self.connect_ready(key);
@@ -379,8 +433,14 @@ impl EventLoop {
                 // The mailbox was dropped: keep its chunks for whoever reads next. Accepted
                 // connections nobody will own are dropped, which closes them.
                 for delivery in batch {
-                    let Delivery::Read { key, chunk } = delivery else {
-                        continue;
+                    let (key, chunk) = match delivery {
+                        Delivery::Read { key, chunk } => (key, chunk),
+                        Delivery::Datagram { key, .. } => {
+                            // Datagrams for a mailbox that is gone are dropped with it.
+                            self.detach_datagram_from(key, &inbox);
+                            continue;
+                        }
+                        _ => continue,
                     };
                     if let Some(s) = self.stream(key) {
                         if matches!(&s.sink, Sink::Mailbox { inbox: i, .. } if Arc::ptr_eq(i, &inbox))
@@ -429,6 +489,12 @@ impl EventLoop {
                 }
                 Timer::ConnectRetry(key) => self.connect_retry(key),
                 Timer::DrainListener(id) => self.close_connections_of(id),
+                Timer::RecvDeadline(key) => self.datagram_recv_deadline(key, at),
+                Timer::DatagramLinger(key) => {
+                    if Self::datagram_is_closing(self.get(key).map(|e| &*e)) {
+                        self.remove(key, Error::closed());
+                    }
+                }
             }
         }
     }
@@ -437,13 +503,16 @@ impl EventLoop {
     /// listener's server hears it stopped, a connect in progress fails with it. Its
     /// registration is deleted before its descriptor can close.
     pub(super) fn remove(&mut self, key: Key, error: Error) {
-        if matches!(self.get(key), Some(Entry::Stream(_))) {
-            self.retire_stream(key, &error);
+        match self.get(key) {
+            Some(Entry::Stream(_)) => self.retire_stream(key, &error),
+            Some(Entry::Datagram(_)) => self.retire_datagram(key, &error),
+            _ => {}
         }
         match self.take(key) {
             Some(Entry::Stream(s)) => drop(s),
             Some(Entry::Listener(l)) => Self::retire_listener(l, error),
             Some(Entry::Connecting(c)) => self.connect_refused(c.job.reply, error),
+            Some(Entry::Datagram(d)) => drop(d),
             None => {}
         }
     }
@@ -486,6 +555,8 @@ fn timer_is_live(entries: &Slab<Entry>, at: Instant, timer: Timer) -> bool {
             matches!(entry(key), Some(Entry::Connecting(_)))
         }
         Timer::DrainListener(_) => true,
+        Timer::RecvDeadline(key) => EventLoop::datagram_deadline_is_live(entry(key), at),
+        Timer::DatagramLinger(key) => EventLoop::datagram_is_closing(entry(key)),
     }
 }
 

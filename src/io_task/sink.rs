@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::error::Error;
 use crate::io_task::Shared;
 use crate::io_task::command::Command;
+use crate::io_task::datagram::Received;
 use crate::io_task::entry::Key;
 use crate::io_task::handle::RawStream;
 use crate::oneshot;
@@ -99,6 +100,8 @@ pub(crate) enum Delivery {
         result: Result<RawStream, Error>,
         kind: StreamKind,
     },
+    /// A datagram socket's reception: a datagram, an error, or the end of reading.
+    Datagram { key: Key, received: Received },
 }
 
 /// The receiving end of a mailbox, as the loop sees it (the mailbox's message type erased).
@@ -136,6 +139,17 @@ impl Window {
     /// Counts bytes delivered; returns whether the reader is now over its limit.
     pub(crate) fn add(&self, n: usize) -> bool {
         self.pending.fetch_add(n, Ordering::SeqCst) + n > self.limit
+    }
+
+    /// Counts `n` bytes delivered if they fit under the limit (an empty window takes
+    /// anything, so that a datagram larger than the window still gets through); returns
+    /// whether they did. Datagrams that do not fit are dropped, never parked.
+    pub(crate) fn try_add(&self, n: usize) -> bool {
+        self.pending
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |pending| {
+                (pending == 0 || pending + n <= self.limit).then_some(pending + n)
+            })
+            .is_ok()
     }
 
     /// Counts bytes received (or taken back), resuming parked streams when drained enough.

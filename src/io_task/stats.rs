@@ -44,4 +44,12 @@ pub struct Stats {
     pub commands: u64,
     /// Reads or writes that met a connection reset by the peer (`ECONNRESET`).
     pub resets: u64,
+    /// Datagram (UDP) sockets open now.
+    pub datagram_sockets: u64,
+    /// Datagrams received (their bytes count in `bytes_read`).
+    pub datagrams_received: u64,
+    /// Datagrams sent (their bytes count in `bytes_written`).
+    pub datagrams_sent: u64,
+    /// Datagrams received and dropped because their reader's window was full.
+    pub datagrams_dropped: u64,
 }

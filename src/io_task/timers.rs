@@ -29,6 +29,10 @@ pub(crate) enum Timer {
     ConnectRetry(Key),
     /// Close what is left of a draining listener's connections (by listener id).
     DrainListener(u64),
+    /// A datagram `RecvFuture`'s timeout.
+    RecvDeadline(Key),
+    /// A closed datagram socket's queued sends ran out of time.
+    DatagramLinger(Key),
 }
 
 /// Deadlines, soonest first.

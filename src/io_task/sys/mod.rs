@@ -125,6 +125,23 @@ pub(crate) fn recv_spare(socket: &Socket, buf: &mut Vec<u8>) -> io::Result<usize
     Ok(n)
 }
 
+/// Receives one datagram into the spare capacity of `buf` (which must be empty, and whose
+/// capacity is the largest datagram taken whole): `buf` then holds the bytes received.
+/// Returns whether the kernel cut the datagram to fit (`MSG_TRUNC`) and its sender, `None`
+/// when the sender has no IP address.
+pub(crate) fn recv_datagram(
+    socket: &Socket,
+    buf: &mut Vec<u8>,
+) -> io::Result<(bool, Option<std::net::SocketAddr>)> {
+    debug_assert!(buf.is_empty());
+    let mut bufs = [socket2::MaybeUninitSlice::new(buf.spare_capacity_mut())];
+    let (n, flags, from) = socket.recv_from_vectored(&mut bufs)?;
+    // SAFETY: `recvmsg` initialised the first `n` bytes of the one slice, which is the
+    // spare capacity, and `n` is at most its length.
+    unsafe { buf.set_len(n) };
+    Ok((flags.is_truncated(), from.as_socket()))
+}
+
 /// Takes ownership of a descriptor a system call returned, or its error.
 ///
 /// # Safety
