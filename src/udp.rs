@@ -552,10 +552,11 @@ impl UdpSocket {
     pub fn set_ttl(&self, ttl: u32) -> Result<(), Error> {
         check_hops(ttl)?;
         let socket = self.raw.socket();
-        Ok(match self.is_v6()? {
+        match self.is_v6()? {
             true => socket.set_unicast_hops_v6(ttl)?,
             false => socket.set_ttl_v4(ttl)?,
-        })
+        }
+        Ok(())
     }
 
     /// Joins the IPv4 multicast `group` on the interface with address `interface`
@@ -627,10 +628,11 @@ impl UdpSocket {
             ));
         }
         let socket = self.raw.socket();
-        Ok(match self.is_v6()? {
+        match self.is_v6()? {
             true => socket.set_multicast_hops_v6(ttl)?,
             false => socket.set_multicast_ttl_v4(ttl)?,
-        })
+        }
+        Ok(())
     }
 
     /// Whether multicast datagrams sent come back to this host's members of the group
@@ -654,10 +656,11 @@ impl UdpSocket {
     /// The system's error.
     pub fn set_multicast_loop(&self, on: bool) -> Result<(), Error> {
         let socket = self.raw.socket();
-        Ok(match self.is_v6()? {
+        match self.is_v6()? {
             true => socket.set_multicast_loop_v6(on)?,
             false => socket.set_multicast_loop_v4(on)?,
-        })
+        }
+        Ok(())
     }
 
     /// Sends IPv4 multicast datagrams through the interface with address `interface`.
@@ -821,6 +824,17 @@ impl DatagramPort {
             Err(flume::TryRecvError::Empty) => None,
             Err(flume::TryRecvError::Disconnected) => Some(self.take(None)),
         }
+    }
+
+    /// How many datagrams (and errors) wait in the port, received by the I/O task and not
+    /// yet by you.
+    pub fn len(&self) -> usize {
+        self.parts.rx.len()
+    }
+
+    /// Whether nothing waits in the port.
+    pub fn is_empty(&self) -> bool {
+        self.parts.rx.is_empty()
     }
 
     /// Whether the port ended: its socket closed or its I/O task stopped.

@@ -36,7 +36,6 @@ mod examples_echo;
 mod examples_http;
 mod examples_kv;
 mod examples_proxy;
-mod examples_udp_echo;
 mod listen_into;
 mod reliability_faults;
 mod server_control;
