@@ -36,6 +36,7 @@ mod examples_echo;
 mod examples_http;
 mod examples_kv;
 mod examples_proxy;
+mod examples_udp_echo;
 mod listen_into;
 mod reliability_faults;
 mod server_control;
