@@ -564,6 +564,51 @@ fn no_drop_order_leaks_a_descriptor_panics_or_hangs() {
     );
     eprintln!("ok: user objects dropped before the last handle");
 
+    scenario(
+        "UDP sockets dropped with ports, futures, sends and mailboxes in every order",
+        default(),
+        |iotask| {
+            use iotask::udp::UdpSocket;
+            let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            // Port first, then the socket, with datagrams waiting in the port.
+            let a = UdpSocket::bind("127.0.0.1:0", iotask).unwrap();
+            let port = a.recv_start().unwrap();
+            peer.send_to(b"held", a.local_addr().unwrap()).unwrap();
+            assert!(wait_until(TIMEOUT, || port.len() == 1));
+            drop(port);
+            drop(a);
+            // The socket first: its port ends with CLOSED.
+            let b = UdpSocket::bind("127.0.0.1:0", iotask).unwrap();
+            let port = b.recv_start().unwrap();
+            drop(b);
+            assert_eq!(port.recv_timeout(TIMEOUT).unwrap_err().name(), "CLOSED");
+            // A pending receive and unawaited sends outlive their socket.
+            let c = UdpSocket::bind("[::1]:0", iotask).unwrap();
+            let pending = c.recv_from_future(Duration::from_secs(3600));
+            let sends: Vec<_> = (0..10)
+                .map(|_| c.send_to(b"x".to_vec(), "[::1]:9".parse().unwrap()))
+                .collect();
+            drop(c);
+            assert_eq!(
+                with_timeout(TIMEOUT, move || pending.get())
+                    .unwrap_err()
+                    .name(),
+                "CLOSED"
+            );
+            drop(sends);
+            // A clone keeps it open; attached to a mailbox that is dropped first.
+            let d = UdpSocket::bind("127.0.0.1:0", iotask).unwrap();
+            let d2 = d.try_clone().unwrap();
+            let mailbox: Mailbox = Mailbox::new();
+            d.attach(&mailbox).unwrap();
+            peer.send_to(b"to a mailbox", d.local_addr().unwrap())
+                .unwrap();
+            drop(mailbox);
+            drop(d);
+            drop(d2);
+        },
+    );
+
     for mode in [PoolListener::PerTask, PoolListener::Shared] {
         with_timeout(SCENARIO_LIMIT, move || {
             let pool = IoPool::spawn(2).unwrap();
