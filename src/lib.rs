@@ -1,4 +1,4 @@
-//! TCP and Unix-domain networking for message-passing Rust: one I/O thread owns every
+//! TCP, UDP and Unix-domain networking for message-passing Rust: one I/O thread owns every
 //! socket, and your threads talk to it over channels.
 //!
 //! # Bird's eye
@@ -22,6 +22,11 @@
 //! - [`unix`] has the same for Unix-domain sockets: every socket type is a
 //!   [`Stream`](stream::Stream) of its family, and every server a
 //!   [`Listener`](server::Listener) (see [`stream`] and [`server`]).
+//! - [`udp`] serves datagram sockets from the same loop:
+//!   [`send_to`](udp::UdpSocket::send_to) returns a future,
+//!   datagrams arrive on a [`DatagramPort`](udp::DatagramPort) or in a mailbox as
+//!   [`Event::Datagram`], and a reader that falls behind makes the I/O task drop datagrams
+//!   (counted) instead of queueing without bound.
 //!
 //! # Thread model
 //!
@@ -108,6 +113,10 @@ fn _assert_auto_traits() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<IoTask>();
     send_sync::<tcp::TcpSocket>();
+    send_sync::<udp::UdpSocket>();
+    send::<udp::DatagramPort>();
+    send::<udp::SendFuture>();
+    send::<udp::RecvFuture>();
     send::<tcp::NewConnection>();
     send_sync::<tcp::KillChan>();
     send_sync::<tcp::Server>();
