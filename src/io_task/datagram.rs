@@ -528,7 +528,7 @@ impl EventLoop {
             self.remove(key, Error::closed());
             return;
         }
-        self.retire_datagram(key, &Error::closed());
+        self.end_reading_datagrams(key, &Error::closed());
         if let Some(Entry::Datagram(d)) = self.get(key) {
             d.closing = true;
         }
@@ -537,20 +537,28 @@ impl EventLoop {
         self.datagram_interest(key);
     }
 
-    /// The reader hears `error` as the end of reading (before the entry leaves the slab).
+    /// The reader hears `error` as the end of reading, and the queued sends fail with it
+    /// (before the entry leaves the slab).
     pub(super) fn retire_datagram(&mut self, key: Key, error: &Error) {
+        self.end_reading_datagrams(key, error);
         if let Some(Entry::Datagram(d)) = self.get(key) {
-            d.reclaim();
-        }
-        match self.offer_datagram(key, Received::End(error.clone())) {
-            Ok(()) | Err(_) => {}
-        }
-        if let Some(Entry::Datagram(d)) = self.get(key) {
-            d.sink = DatagramSink::None;
             for send in d.sends.drain(..) {
                 d.state.queued.fetch_sub(1, Ordering::Relaxed);
                 let _ = send.reply.send(Err(error.clone()));
             }
+        }
+    }
+
+    /// The reader hears `error` as the end of reading; nobody reads after it.
+    fn end_reading_datagrams(&mut self, key: Key, error: &Error) {
+        if let Some(Entry::Datagram(d)) = self.get(key) {
+            d.reclaim();
+        }
+        // A reader that cannot hear it (gone already, or a future holding its datagram)
+        // needs no end.
+        let _ = self.offer_datagram(key, Received::End(error.clone()));
+        if let Some(Entry::Datagram(d)) = self.get(key) {
+            d.sink = DatagramSink::None;
         }
     }
 
