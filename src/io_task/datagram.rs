@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use socket2::{SockAddr, Socket};
+use socket2::Socket;
 
 use crate::error::Error;
 use crate::io_task::Shared;
@@ -26,7 +26,7 @@ use crate::io_task::event_loop::EventLoop;
 use crate::io_task::handle::request;
 use crate::io_task::registration::{Interest, Registration};
 use crate::io_task::sink::{Delivery, Inbox, Window};
-use crate::io_task::sys::recv_datagram;
+use crate::io_task::sys::{recv_datagrams, send_datagrams, slots};
 use crate::io_task::timers::Timer;
 use crate::oneshot::{self, Settled};
 
@@ -173,6 +173,8 @@ pub(crate) struct DatagramEntry {
     handles: usize,
     /// The last handle is gone; queued sends still go out until `linger_timeout`.
     closing: bool,
+    /// On the loop's `dirty_datagrams` list: sends were queued this cycle.
+    dirty: bool,
 }
 
 impl DatagramEntry {
@@ -213,6 +215,7 @@ impl EventLoop {
             state,
             handles: 1,
             closing: false,
+            dirty: false,
         }));
         key
     }
@@ -383,7 +386,7 @@ impl EventLoop {
         };
         let want = Interest {
             read: !d.closing && d.sink.wants() && d.stash.is_empty(),
-            write: !d.sends.is_empty(),
+            write: !d.sends.is_empty() && !d.dirty,
             exclusive: false,
         };
         if let Err(e) = d.reg.set_interest(want) {
@@ -405,34 +408,48 @@ impl EventLoop {
         }
     }
 
+    /// Receives what the socket holds, in batches, up to `RECVS_PER_READY` datagrams.
     fn receive(&mut self, key: Key) {
-        for _ in 0..RECVS_PER_READY {
+        let mut budget = RECVS_PER_READY;
+        while budget > 0 {
             let Some(Entry::Datagram(d)) =
                 self.entries.get_mut(key.index).filter(|e| e.id() == key.id)
             else {
                 return;
             };
-            let max = d.state.max_datagram.load(Ordering::Relaxed);
-            if self.datagram_buf.capacity() != max {
-                self.datagram_buf = Vec::with_capacity(max);
+            let slot = d.state.max_datagram.load(Ordering::Relaxed);
+            // A future takes one datagram: receive no more than that for it.
+            let want = match d.sink {
+                DatagramSink::Once { .. } => 1,
+                _ => budget.min(slots(slot)),
+            };
+            let mut incoming = std::mem::take(&mut self.incoming);
+            let result = recv_datagrams(
+                d.reg.socket(),
+                &mut self.datagram_buf,
+                slot,
+                want,
+                &mut incoming,
+            );
+            for datagram in incoming.drain(..) {
+                self.stats.datagrams_received += 1;
+                self.stats.bytes_read += datagram.data.len() as u64;
+                // An IP socket's datagrams always have an IP sender.
+                let Some(from) = datagram.from else { continue };
+                let datagram = Datagram {
+                    data: datagram.data,
+                    from,
+                    truncated: datagram.truncated,
+                };
+                self.deliver_datagram(key, Received::Datagram(datagram));
             }
-            match recv_datagram(d.reg.socket(), &mut self.datagram_buf) {
-                Ok((truncated, from)) => {
-                    let data = self.datagram_buf.as_slice().to_vec();
-                    self.datagram_buf.clear();
-                    self.stats.datagrams_received += 1;
-                    self.stats.bytes_read += data.len() as u64;
-                    // An IP socket's datagrams always have an IP sender.
-                    let Some(from) = from else { continue };
-                    let datagram = Datagram {
-                        data,
-                        from,
-                        truncated,
-                    };
-                    self.deliver_datagram(key, Received::Datagram(datagram));
-                }
+            self.incoming = incoming;
+            match result {
+                // Fewer than asked for: the kernel has no more now.
+                Ok(n) if n < want => break,
+                Ok(n) => budget -= n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => budget -= 1,
                 Err(e) => {
                     // The socket's pending error (an ICMP error), cleared by reading it.
                     self.deliver_datagram(key, Received::Error(Error::from(e)));
@@ -446,7 +463,8 @@ impl EventLoop {
         self.datagram_interest(key);
     }
 
-    /// Sends a datagram now if nothing waits before it, else queues it behind the others.
+    /// Queues a datagram behind those sent before it; the queue goes out after this
+    /// cycle's commands, in batches.
     pub(super) fn send_datagram(
         &mut self,
         key: Key,
@@ -458,25 +476,24 @@ impl EventLoop {
             let _ = reply.send(Err(Error::closed()));
             return;
         };
-        if d.sends.is_empty() {
-            match try_send(d.reg.socket(), &data, to) {
-                Ok(n) => {
-                    d.state.queued.fetch_sub(1, Ordering::Relaxed);
-                    self.stats.datagrams_sent += 1;
-                    self.stats.bytes_written += n as u64;
-                    let _ = reply.send(Ok(n));
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    d.state.queued.fetch_sub(1, Ordering::Relaxed);
-                    let _ = reply.send(Err(Error::from(e)));
-                    return;
-                }
+        d.sends.push_back(PendingSend { data, to, reply });
+        if !d.dirty && !d.reg.interest().write {
+            d.dirty = true;
+            self.dirty_datagrams.push(key);
+        }
+    }
+
+    /// Flushes the datagram sockets that got sends this cycle.
+    pub(super) fn flush_dirty_datagrams(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty_datagrams);
+        for &key in &dirty {
+            if let Some(Entry::Datagram(d)) = self.get(key) {
+                d.dirty = false;
+                self.flush_sends(key);
             }
         }
-        d.sends.push_back(PendingSend { data, to, reply });
-        self.datagram_interest(key);
+        self.dirty_datagrams = dirty;
+        self.dirty_datagrams.clear();
     }
 
     /// Sends queued datagrams until the kernel takes no more; a datagram it refuses fails
@@ -486,19 +503,27 @@ impl EventLoop {
         else {
             return;
         };
-        while let Some(send) = d.sends.front() {
-            let result = match try_send(d.reg.socket(), &send.data, send.to) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => Err(Error::from(e)),
+        while !d.sends.is_empty() {
+            let batch = d.sends.iter().map(|s| (s.data.as_slice(), s.to));
+            match send_datagrams(d.reg.socket(), batch) {
+                // Never for a queue that is not empty; stopping keeps a broken platform
+                // call from spinning the loop.
+                Ok(0) => break,
                 Ok(n) => {
-                    self.stats.datagrams_sent += 1;
-                    self.stats.bytes_written += n as u64;
-                    Ok(n)
+                    for send in d.sends.drain(..n) {
+                        self.stats.datagrams_sent += 1;
+                        self.stats.bytes_written += send.data.len() as u64;
+                        d.state.queued.fetch_sub(1, Ordering::Relaxed);
+                        let _ = send.reply.send(Ok(send.data.len()));
+                    }
                 }
-            };
-            if let Some(send) = d.sends.pop_front() {
-                d.state.queued.fetch_sub(1, Ordering::Relaxed);
-                let _ = send.reply.send(result);
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    if let Some(send) = d.sends.pop_front() {
+                        d.state.queued.fetch_sub(1, Ordering::Relaxed);
+                        let _ = send.reply.send(Err(Error::from(e)));
+                    }
+                }
             }
         }
         if d.closing && d.sends.is_empty() {
@@ -591,19 +616,6 @@ fn open_datagram(entries: &mut slab::Slab<Entry>, key: Key) -> Option<&mut Datag
     match entries.get_mut(key.index).filter(|e| e.id() == key.id) {
         Some(Entry::Datagram(d)) if !d.closing => Some(d),
         _ => None,
-    }
-}
-
-fn try_send(socket: &Socket, data: &[u8], to: Option<SocketAddr>) -> io::Result<usize> {
-    loop {
-        let sent = match to {
-            Some(to) => socket.send_to(data, &SockAddr::from(to)),
-            None => socket.send(data),
-        };
-        match sent {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            other => return other,
-        }
     }
 }
 

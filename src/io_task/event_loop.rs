@@ -1,7 +1,7 @@
 //! The I/O thread: one poller, one slab, commands drained in batches.
 //!
-//! A cycle is: drain every queued command, flush the streams that got new writes, send the
-//! mailbox batches, wait on the poller, dispatch its events, fire due timers. Only this
+//! A cycle is: drain every queued command, flush the streams that got new writes and the
+//! datagram sockets that got new sends, send the mailbox batches, wait on the poller, dispatch its events, fire due timers. Only this
 //! thread reads, writes, accepts or connects on a registered socket, and no user code runs
 //! here. What each kind of slot does lives beside its entry: `stream.rs`, `listener.rs`,
 //! `connect.rs`; timers in `timers.rs`.
@@ -33,9 +33,14 @@ pub(crate) struct EventLoop {
     pub(super) entries: Slab<Entry>,
     /// Receive buffer of every `recv`; empty between reads (see `take_chunk`).
     pub(super) buf: Vec<u8>,
-    /// Receive buffer of every datagram, as large as the socket's largest datagram; empty
-    /// between receives (each datagram is copied out at its length).
+    /// Receive buffer of every batch of datagrams (`sys::slots` slots of the socket's
+    /// largest datagram); each datagram is copied out at its length.
     pub(super) datagram_buf: Vec<u8>,
+    /// The datagrams of the last batch received, before they are delivered.
+    pub(super) incoming: Vec<crate::io_task::sys::Incoming>,
+    /// Datagram sockets with sends queued this cycle (each with `dirty` set), flushed
+    /// after the command drain in batches.
+    pub(super) dirty_datagrams: Vec<Key>,
     /// Streams with writes queued this cycle (each with `dirty` set), flushed once after
     /// the command drain.
     pub(super) dirty: Vec<Key>,
@@ -89,6 +94,8 @@ impl EventLoop {
             shared,
             buf: Vec::with_capacity(config.read_buffer),
             datagram_buf: Vec::new(),
+            incoming: Vec::new(),
+            dirty_datagrams: Vec::new(),
             config,
             entries: Slab::new(),
             dirty: Vec::new(),
@@ -129,6 +136,7 @@ impl EventLoop {
                 break;
             }
             self.flush_dirty();
+            self.flush_dirty_datagrams();
             self.send_outbox();
             self.stats.waits += 1;
 

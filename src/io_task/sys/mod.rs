@@ -60,7 +60,9 @@
 //!
 //! The socket calls that differ by platform are in `socket.rs`: a non-blocking
 //! close-on-exec accept, a send that never raises `SIGPIPE`, the classification of accept
-//! errors, and whether `SO_REUSEPORT` spreads connections (and how to ask for it).
+//! errors, and whether `SO_REUSEPORT` spreads connections (and how to ask for it). Datagrams
+//! are received and sent in batches (`recvmmsg`, `sendmmsg`) where the system has them, in
+//! `mmsg.rs`.
 
 #[cfg(all(target_os = "linux", not(iotask_force_polling)))]
 mod epoll;
@@ -72,6 +74,8 @@ mod polling;
 #[cfg(any(not(target_os = "linux"), iotask_force_polling))]
 pub(crate) use self::polling::{Events, Poller};
 
+mod mmsg;
+pub(crate) use mmsg::{Incoming, recv_datagrams, send_datagrams, slots};
 mod socket;
 pub(crate) use socket::{
     accept_error_is_out_of_resources, accept_error_is_transient, accept_nonblocking, reset,
@@ -125,16 +129,20 @@ pub(crate) fn recv_spare(socket: &Socket, buf: &mut Vec<u8>) -> io::Result<usize
     Ok(n)
 }
 
-/// Receives one datagram into the spare capacity of `buf` (which must be empty, and whose
-/// capacity is the largest datagram taken whole): `buf` then holds the bytes received.
-/// Returns whether the kernel cut the datagram to fit (`MSG_TRUNC`) and its sender, `None`
-/// when the sender has no IP address.
+/// Receives one datagram of at most `max` bytes into the spare capacity of `buf` (which
+/// must be empty, with room for `max`): `buf` then holds the bytes received. Returns whether
+/// the kernel cut the datagram to fit (`MSG_TRUNC`) and its sender, `None` when the sender
+/// has no IP address.
+#[allow(dead_code)] // Used where datagrams are not received in batches.
 pub(crate) fn recv_datagram(
     socket: &Socket,
     buf: &mut Vec<u8>,
+    max: usize,
 ) -> io::Result<(bool, Option<std::net::SocketAddr>)> {
     debug_assert!(buf.is_empty());
-    let mut bufs = [socket2::MaybeUninitSlice::new(buf.spare_capacity_mut())];
+    let spare = buf.spare_capacity_mut();
+    let max = max.min(spare.len());
+    let mut bufs = [socket2::MaybeUninitSlice::new(&mut spare[..max])];
     let (n, flags, from) = socket.recv_from_vectored(&mut bufs)?;
     // SAFETY: `recvmsg` initialised the first `n` bytes of the one slice, which is the
     // spare capacity, and `n` is at most its length.
