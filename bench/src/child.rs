@@ -26,11 +26,13 @@ pub struct ServerChild {
 }
 
 impl ServerChild {
-    /// Starts `peer`'s echo server, pinned to `cpu` when given, on a free loopback port or
-    /// on a socket in a fresh temporary folder, and waits for it to print its address.
+    /// Starts `peer`'s echo server, pinned to `cpu` when given, on a free loopback port (TCP
+    /// or UDP) or on a socket in a fresh temporary folder, and waits for it to print its
+    /// address.
     pub fn echo(peer: Peer, transport: Transport, cpu: Option<usize>) -> io::Result<ServerChild> {
         let (addr, dir) = match transport {
             Transport::Tcp => ("127.0.0.1:0".to_owned(), None),
+            Transport::Udp => ("udp:127.0.0.1:0".to_owned(), None),
             Transport::Proxied => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -193,8 +195,11 @@ fn socket_dir() -> io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// A server's announced address: `IP:PORT`, or `unix:PATH`.
+/// A server's announced address: `IP:PORT`, `unix:PATH`, or `udp:IP:PORT`.
 fn parse_target(line: &str) -> Option<Target> {
+    if let Some(addr) = line.strip_prefix("udp:") {
+        return addr.parse().ok().map(Target::Udp);
+    }
     match line.strip_prefix("unix:") {
         Some(path) if !path.is_empty() => Some(Target::Unix(PathBuf::from(path))),
         Some(_) => None,

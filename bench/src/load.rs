@@ -8,6 +8,11 @@
 //! the connection and on the byte's position in the stream, and every byte echoed is
 //! compared with what was sent at that position, so a server that loses, duplicates,
 //! reorders or mixes up bytes between connections fails the run.
+//!
+//! Datagram loads ([`run_datagrams`]) are the same closed loop over UDP sockets, one datagram
+//! in flight on each. A datagram carries its socket and sequence number ahead of pattern
+//! bytes, and its echo must be the datagram itself; one whose echo does not come back in time
+//! is counted lost, and the socket sends the next.
 
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
@@ -33,6 +38,10 @@ pub const PRIME_LEN: usize = 16;
 const CONNECT_BATCH: usize = 100;
 /// A run fails when no byte came back for this long.
 const STALL: Duration = Duration::from_secs(10);
+/// Bytes at the head of each datagram: the socket's id and the sequence number, 8 each.
+const DATAGRAM_HEADER: usize = 16;
+/// How often a datagram load looks for overdue echoes.
+const LOSS_SCAN: Duration = Duration::from_millis(10);
 
 /// The bytes every stream is made of.
 #[derive(Debug)]
@@ -112,6 +121,8 @@ pub enum Target {
     Tcp(SocketAddr),
     /// The path of a Unix-domain stream socket.
     Unix(PathBuf),
+    /// A UDP echo server's address.
+    Udp(SocketAddr),
 }
 
 impl Target {
@@ -119,9 +130,20 @@ impl Target {
     pub fn tcp(&self) -> io::Result<SocketAddr> {
         match self {
             Target::Tcp(addr) => Ok(*addr),
-            Target::Unix(path) => Err(io::Error::new(
+            other => Err(io::Error::new(
                 ErrorKind::Unsupported,
-                format!("this load runs over TCP, not a Unix-domain socket ({path:?})"),
+                format!("this load runs over TCP, not to {other:?}"),
+            )),
+        }
+    }
+
+    /// The UDP address, for datagram loads.
+    pub fn udp(&self) -> io::Result<SocketAddr> {
+        match self {
+            Target::Udp(addr) => Ok(*addr),
+            other => Err(io::Error::new(
+                ErrorKind::Unsupported,
+                format!("a datagram load runs over UDP, not to {other:?}"),
             )),
         }
     }
@@ -273,6 +295,10 @@ pub fn run_stream(
                 &pattern,
             )
         }
+        Target::Udp(addr) => Err(io::Error::new(
+            ErrorKind::Unsupported,
+            format!("a stream load needs a stream socket, not UDP ({addr})"),
+        )),
     }
 }
 
@@ -475,6 +501,233 @@ fn flush<S: Write>(conn: &mut Conn<S>, pattern: &Pattern) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A closed loop of datagrams: each client socket keeps one datagram in flight and sends the
+/// next when its echo comes back, or once it gave the datagram up as lost.
+#[derive(Debug, Clone)]
+pub struct DatagramLoad {
+    /// Client sockets, each bound to a port of its own and connected to the server.
+    pub sockets: usize,
+    /// Bytes per datagram, at least [`DATAGRAM_HEADER`] (16).
+    pub size: usize,
+    /// Time to run before measuring.
+    pub warmup: Duration,
+    /// Time to measure.
+    pub duration: Duration,
+    /// How long a socket waits for an echo before it counts the datagram lost and sends the
+    /// next one.
+    pub loss_timeout: Duration,
+}
+
+/// What a datagram load measured.
+#[derive(Debug, Default)]
+pub struct DatagramResult {
+    /// Datagrams echoed in the measured window.
+    pub datagrams: u64,
+    /// Datagrams given up as lost in the measured window.
+    pub lost: u64,
+    /// Echoes that came after their datagram was given up (and were ignored), warm-up
+    /// included.
+    pub late: u64,
+    /// Length of the measured window.
+    pub elapsed: Duration,
+    /// Round-trip time of each datagram echoed in the window.
+    pub latencies: Latencies,
+    /// The server's figures at the start and at the end of the window.
+    pub server: Option<(ProcSample, ProcSample)>,
+    /// CPU time the load generator used in the window.
+    pub load_cpu: Duration,
+}
+
+/// One client socket of a datagram load.
+struct Client {
+    socket: mio::net::UdpSocket,
+    id: usize,
+    /// The sequence number of the datagram in flight.
+    seq: u64,
+    /// When it was sent.
+    sent_at: Instant,
+}
+
+/// Writes datagram `seq` of socket `id` into `out` (its length is the datagram's).
+fn fill_datagram(out: &mut [u8], pattern: &Pattern, id: usize, seq: u64) {
+    out[..8].copy_from_slice(&(id as u64).to_le_bytes());
+    out[8..DATAGRAM_HEADER].copy_from_slice(&seq.to_le_bytes());
+    let body = out.len() - DATAGRAM_HEADER;
+    out[DATAGRAM_HEADER..].copy_from_slice(pattern.slice(id, seq * body as u64, body));
+}
+
+/// Sends `client`'s datagram in flight. A datagram the kernel does not take (its send buffer
+/// is full) is not retried here: it is lost, and counted so after the loss timeout.
+fn send_datagram(client: &mut Client, scratch: &mut [u8], pattern: &Pattern) -> io::Result<()> {
+    fill_datagram(scratch, pattern, client.id, client.seq);
+    client.sent_at = Instant::now();
+    loop {
+        match client.socket.send(scratch) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("socket {}: send: {e}", client.id),
+                ));
+            }
+        }
+    }
+}
+
+/// Runs a closed-loop datagram load against the UDP echo server at `addr`; `server_pid` is
+/// sampled at the edges of the measured window.
+pub fn run_datagrams(
+    addr: SocketAddr,
+    load: &DatagramLoad,
+    server_pid: Option<u32>,
+) -> io::Result<DatagramResult> {
+    assert!(
+        load.size >= DATAGRAM_HEADER,
+        "datagrams carry a 16-byte header"
+    );
+    let pattern = Pattern::new();
+    let mut poll = Poll::new()?;
+    let local: SocketAddr = match addr {
+        SocketAddr::V4(_) => ([127, 0, 0, 1], 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::LOCALHOST, 0).into(),
+    };
+    let mut clients = Vec::with_capacity(load.sockets);
+    for id in 0..load.sockets {
+        let socket = std::net::UdpSocket::bind(local)?;
+        // Connected: the socket hears the server only, and learns of its absence
+        // (ECONNREFUSED) instead of waiting.
+        socket.connect(addr)?;
+        socket.set_nonblocking(true)?;
+        let mut socket = mio::net::UdpSocket::from_std(socket);
+        poll.registry()
+            .register(&mut socket, Token(id), Interest::READABLE)?;
+        clients.push(Client {
+            socket,
+            id,
+            seq: 0,
+            sent_at: Instant::now(),
+        });
+    }
+
+    let mut result = DatagramResult::default();
+    let mut scratch = vec![0u8; load.size];
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut events = Events::with_capacity(1024);
+    let started = Instant::now();
+    let (mut measuring, mut window_start) = (false, started);
+    let mut server_before = None;
+    let mut cpu_before = Duration::ZERO;
+    let mut last_progress = started;
+    let mut last_scan = started;
+    for client in &mut clients {
+        send_datagram(client, &mut scratch, &pattern)?;
+    }
+
+    loop {
+        let now = Instant::now();
+        if !measuring && now >= started + load.warmup {
+            result.datagrams = 0;
+            result.lost = 0;
+            result.latencies.clear();
+            server_before = server_pid.and_then(|pid| ProcSample::read(pid).ok());
+            cpu_before = sys::thread_cpu_time();
+            measuring = true;
+            window_start = Instant::now();
+        }
+        if measuring && now >= window_start + load.duration {
+            result.elapsed = now.duration_since(window_start);
+            result.load_cpu = sys::thread_cpu_time().saturating_sub(cpu_before);
+            break;
+        }
+        if now.duration_since(last_progress) > STALL {
+            return Err(io::Error::new(
+                ErrorKind::TimedOut,
+                format!("no echo for {STALL:?}: the server stalled"),
+            ));
+        }
+        // Give up on the datagrams whose echo is overdue, and send the next ones.
+        if now.duration_since(last_scan) >= LOSS_SCAN {
+            last_scan = now;
+            for client in &mut clients {
+                if now.duration_since(client.sent_at) > load.loss_timeout {
+                    if measuring {
+                        result.lost += 1;
+                    }
+                    client.seq += 1;
+                    send_datagram(client, &mut scratch, &pattern)?;
+                }
+            }
+        }
+
+        if let Err(e) = poll.poll(&mut events, Some(LOSS_SCAN)) {
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        for event in events.iter() {
+            let client = &mut clients[event.token().0];
+            loop {
+                let n = match client.socket.recv(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("socket {}: receive: {e}", client.id),
+                        ));
+                    }
+                };
+                let echo = &buf[..n];
+                fill_datagram(&mut scratch, &pattern, client.id, client.seq);
+                if echo == scratch.as_slice() {
+                    let done = Instant::now();
+                    last_progress = done;
+                    if measuring {
+                        result.datagrams += 1;
+                        result
+                            .latencies
+                            .record(done.duration_since(client.sent_at).as_nanos());
+                    }
+                    client.seq += 1;
+                    send_datagram(client, &mut scratch, &pattern)?;
+                } else if is_late_echo(echo, &mut scratch, &pattern, client) {
+                    result.late += 1;
+                } else {
+                    return Err(io::Error::other(format!(
+                        "socket {}: a {n}-byte echo is not datagram {} ({} bytes) nor an \
+                         earlier one",
+                        client.id, client.seq, load.size
+                    )));
+                }
+            }
+        }
+    }
+    if let (Some(before), Some(pid)) = (server_before, server_pid) {
+        if let Ok(after) = ProcSample::read(pid) {
+            result.server = Some((before, after));
+        }
+    }
+    Ok(result)
+}
+
+/// Whether `echo` is the echo of a datagram `client` sent before the one in flight (and gave
+/// up on): `scratch` is overwritten.
+fn is_late_echo(echo: &[u8], scratch: &mut [u8], pattern: &Pattern, client: &Client) -> bool {
+    if echo.len() != scratch.len() {
+        return false;
+    }
+    let seq = u64::from_le_bytes(echo[8..DATAGRAM_HEADER].try_into().expect("8 bytes"));
+    if seq >= client.seq {
+        return false;
+    }
+    fill_datagram(scratch, pattern, client.id, seq);
+    echo == &*scratch
 }
 
 /// A churn load: connect, echo one message, close, again, on several connections at once.
@@ -789,6 +1042,93 @@ mod tests {
         };
         let r = run_churn(addr, &load, None).unwrap();
         assert!(r.conns > 5, "{r:?}");
+    }
+
+    /// A std UDP server thread that sends back each datagram `answer` lets through (it may
+    /// change it first); it is given the datagram's number, counting from 0.
+    fn udp_server(answer: fn(u64, &mut [u8]) -> bool) -> SocketAddr {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            for i in 0.. {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    return;
+                };
+                if answer(i, &mut buf[..n]) && socket.send_to(&buf[..n], from).is_err() {
+                    return;
+                }
+            }
+        });
+        addr
+    }
+
+    fn datagram_load(sockets: usize) -> DatagramLoad {
+        DatagramLoad {
+            sockets,
+            size: 64,
+            warmup: Duration::from_millis(20),
+            duration: Duration::from_millis(150),
+            loss_timeout: Duration::from_millis(20),
+        }
+    }
+
+    #[test]
+    fn datagram_load_counts_and_checks() {
+        let addr = udp_server(|_, _| true);
+        let mut r = run_datagrams(addr, &datagram_load(3), Some(std::process::id())).unwrap();
+        assert!(r.datagrams > 10, "{r:?}");
+        assert_eq!((r.lost, r.late), (0, 0), "{r:?}");
+        assert!(r.latencies.quantile_us(0.5).is_some());
+        assert!(r.server.is_some());
+    }
+
+    #[test]
+    fn datagram_load_counts_losses_and_goes_on() {
+        // Every fifth datagram goes unanswered.
+        let addr = udp_server(|i, _| i % 5 != 4);
+        let r = run_datagrams(addr, &datagram_load(2), None).unwrap();
+        assert!(r.lost > 0, "{r:?}");
+        assert!(r.datagrams > r.lost, "{r:?}");
+    }
+
+    #[test]
+    fn a_late_echo_is_counted_and_skipped() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        // Holds the tenth datagram until the next one came, then answers both.
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            let mut held = None;
+            for i in 0.. {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    return;
+                };
+                if i == 9 {
+                    held = Some(buf[..n].to_vec());
+                    continue;
+                }
+                if let Some(late) = held.take() {
+                    let _ = socket.send_to(&late, from);
+                }
+                let _ = socket.send_to(&buf[..n], from);
+            }
+        });
+        let r = run_datagrams(addr, &datagram_load(1), None).unwrap();
+        assert_eq!(r.late, 1, "{r:?}");
+        assert!(r.datagrams > 10, "{r:?}");
+    }
+
+    #[test]
+    fn a_corrupting_udp_server_fails_the_run() {
+        let addr = udp_server(|i, datagram| {
+            if i == 20 {
+                datagram[40] ^= 1;
+            }
+            true
+        });
+        let err = run_datagrams(addr, &datagram_load(1), None).unwrap_err();
+        assert!(err.to_string().contains("is not datagram"), "{err}");
     }
 
     #[test]

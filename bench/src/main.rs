@@ -2,7 +2,7 @@
 //! in one run, interleaved; and the kv example against `redis-server`.
 //!
 //! ```text
-//! iotask-bench [--quick] [--scenarios S1,S2,S2U] [--peers iotask-actor,tokio-ct]
+//! iotask-bench [--quick] [--scenarios S1,S2,S2U,U1] [--peers iotask-actor,tokio-ct]
 //!              [--layout pinned|unpinned|both] [--rounds N] [--duration SECS]
 //!              [--no-syscalls] [--out-md FILE] [--out-svg FILE]
 //! iotask-bench redis --kv-bin PATH [--quick] [--rounds N] [--requests N] [--out-md FILE]
@@ -37,9 +37,10 @@ usage:
       Runs every scenario against every peer, interleaved, and writes a markdown report
       (stdout unless --out-md) and an SVG chart (default: bench/chart.svg).
       Scenarios: S1 … S7 over TCP, S2U (S2 over a Unix-domain socket, served by
-      iotask-actor and tokio-ct only; other peers are skipped there), and S2P (S2 through
+      iotask-actor and tokio-ct only; other peers are skipped there), S2P (S2 through
       a proxy in front of tokio-ct's echo server: the proxies iotask-proxy and tokio-proxy
-      only, which sit out every other scenario).
+      only, which sit out every other scenario), and U1 and U1x50 (UDP echo of 64 B
+      datagrams from 1 and from 50 client sockets: iotask-actor and tokio-ct only).
       Peers: iotask-ports, iotask-actor, iotask-actor-listen, iotask-actor-spin, iotask-pool,
       iotask-pool-shared, iotask-pool-rr, tokio-ct, tokio-mt, mio, std-threads,
       iotask-proxy, tokio-proxy.
@@ -47,7 +48,7 @@ usage:
       Runs redis-benchmark against redis-server and against the RESP server at PATH
       (started as `PATH 127.0.0.1:PORT`), interleaved; prints a markdown table.
   iotask-bench serve PEER ADDR [--upstream IP:PORT] [--cpu N]
-      Runs one echo server on ADDR (IP:PORT, or unix:PATH), or a proxy peer's proxy to
+      Runs one echo server on ADDR (IP:PORT, unix:PATH or udp:IP:PORT), or a proxy peer's proxy to
       the upstream (used by the harness itself).";
 
 fn main() -> ExitCode {
@@ -226,7 +227,7 @@ fn bench(args: &[String]) -> io::Result<()> {
         }
     }
 
-    // Peers without a server for a scenario's transport (S2U: Unix-domain) sit it out.
+    // Peers without a server for a scenario's transport (S2U: Unix-domain; U1: UDP) sit it out.
     let serving = |scenario: Scenario| -> Vec<Peer> {
         peers
             .iter()

@@ -74,6 +74,7 @@ impl Run {
             cpu_pct: m(|r| r.cpu_pct),
             cpu_us_per_op: m(|r| r.cpu_us_per_op),
             ctx_per_op: m(|r| r.ctx_per_op),
+            lost_pct: m(|r| r.lost_pct),
             threads: m(|r| r.threads),
             load_cpu_pct: m(|r| r.load_cpu_pct),
         })
@@ -463,11 +464,25 @@ impl Run {
                 load,
             ],
             Scenario::S6 => vec![("KiB/conn", |m| m.kib_per_conn, 2), rss, threads],
+            Scenario::U1 | Scenario::U1x50 => vec![
+                ("datagrams/s", |m| m.msgs_per_s, 0),
+                p50,
+                p99,
+                p999,
+                ("lost %", |m| m.lost_pct, 3),
+                cpu,
+                ("CPU µs/datagram", |m| m.cpu_us_per_op, 2),
+                ("ctx sw/datagram", |m| m.ctx_per_op, 3),
+                load,
+                threads,
+                rss,
+            ],
         };
         let h = scenario.headline();
         let op = match scenario {
             Scenario::S5 => "op = connection; ",
             Scenario::S6 => "",
+            Scenario::U1 | Scenario::U1x50 => "op = datagram; ",
             _ => "op = message; ",
         };
         let _ = writeln!(
@@ -496,6 +511,19 @@ impl Run {
                  switch figures are the proxy's. iotask-proxy is `examples/proxy.rs`, \
                  tokio-proxy a task per client running `tokio::io::copy_bidirectional`. Echo \
                  servers are not measured here, nor the proxies elsewhere.\n"
+            );
+        }
+        if scenario.transport() == Transport::Udp {
+            let _ = writeln!(
+                md,
+                "Each client socket of the load generator is bound to a loopback port of its \
+                 own and connected to the server, and keeps one datagram in flight: it sends \
+                 the next when the echo comes back (checked byte for byte) or, after {} ms \
+                 without one, counts the datagram lost. iotask-actor is `examples/udp_echo.rs` \
+                 (one actor thread, the socket attached to its `Mailbox`, `send_to` for each \
+                 `Event::Datagram`), tokio-ct `tokio::net::UdpSocket` on a current_thread \
+                 runtime (`recv_from`, then `send_to`, in a loop). Only these two serve UDP.\n",
+                crate::scenario::LOSS_TIMEOUT.as_millis()
             );
         }
         let _ = write!(md, "| peer | layout |");

@@ -1,4 +1,5 @@
-//! Scenarios S1–S7, S2U and S2P, the two CPU layouts, and one measurement of one peer.
+//! Scenarios S1–S7, S2U, S2P, U1 and U1x50, the two CPU layouts, and one measurement of one
+//! peer.
 
 use std::fmt;
 use std::io;
@@ -8,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::child::ServerChild;
-use crate::load::{self, ChurnLoad, Pattern, Stop, StreamLoad};
+use crate::load::{self, ChurnLoad, DatagramLoad, Pattern, Stop, StreamLoad};
 use crate::servers::{Peer, Transport};
 use crate::sys::{self, ProcSample};
 use crate::syscalls::{self, SyscallCount};
@@ -34,6 +35,10 @@ pub enum Scenario {
     S6,
     /// 1,000 connections, 64 B, closed loop: messages/s.
     S7,
+    /// UDP echo, 1 client socket, 64 B datagrams, one in flight: datagrams/s.
+    U1,
+    /// UDP echo, 50 client sockets, 64 B datagrams, one in flight each: datagrams/s.
+    U1x50,
 }
 
 /// What a scenario's headline figure is.
@@ -82,7 +87,7 @@ impl Headline {
 
 impl Scenario {
     /// Every scenario, in order.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::S1,
         Scenario::S2,
         Scenario::S2U,
@@ -92,6 +97,8 @@ impl Scenario {
         Scenario::S5,
         Scenario::S6,
         Scenario::S7,
+        Scenario::U1,
+        Scenario::U1x50,
     ];
 
     /// What the scenario does, with the sizes in force.
@@ -114,6 +121,10 @@ impl Scenario {
             ),
             Scenario::S6 => format!("{} idle connections (one 16 B echo each)", s.s6_conns),
             Scenario::S7 => format!("{} connections, 64 B, closed loop", s.s7_conns),
+            Scenario::U1 => "UDP echo, 1 client socket, 64 B datagrams ping-pong".into(),
+            Scenario::U1x50 => {
+                "UDP echo, 50 client sockets, 64 B datagrams, one in flight each".into()
+            }
         }
     }
 
@@ -121,7 +132,12 @@ impl Scenario {
     pub fn headline(self) -> Headline {
         match self {
             Scenario::S1 => Headline::P50,
-            Scenario::S2 | Scenario::S2U | Scenario::S2P | Scenario::S7 => Headline::MsgsPerS,
+            Scenario::S2
+            | Scenario::S2U
+            | Scenario::S2P
+            | Scenario::S7
+            | Scenario::U1
+            | Scenario::U1x50 => Headline::MsgsPerS,
             Scenario::S3 | Scenario::S4 => Headline::MbPerS,
             Scenario::S5 => Headline::ConnsPerS,
             Scenario::S6 => Headline::KibPerConn,
@@ -133,6 +149,7 @@ impl Scenario {
         match self {
             Scenario::S2U => Transport::Unix,
             Scenario::S2P => Transport::Proxied,
+            Scenario::U1 | Scenario::U1x50 => Transport::Udp,
             _ => Transport::Tcp,
         }
     }
@@ -165,7 +182,7 @@ impl FromStr for Scenario {
         Scenario::ALL
             .into_iter()
             .find(|x| x.to_string().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown scenario {s:?}; known: S1 … S7, S2U, S2P"))
+            .ok_or_else(|| format!("unknown scenario {s:?}; known: S1 … S7, S2U, S2P, U1, U1x50"))
     }
 }
 
@@ -280,6 +297,8 @@ pub struct Metrics {
     pub cpu_us_per_op: Option<f64>,
     /// Server context switches per message (or per connection in S5).
     pub ctx_per_op: Option<f64>,
+    /// Datagrams given up as lost, percent of those sent (U1, U1x50).
+    pub lost_pct: Option<f64>,
     /// Server threads at the end.
     pub threads: Option<f64>,
     /// The load generator's CPU time over wall time, percent: near 100 means the load
@@ -319,6 +338,11 @@ fn on_load_thread<T: Send + 'static>(
         .join()
         .map_err(|_| io::Error::other("the load generator panicked"))?
 }
+
+/// How long a client socket of U1 or U1x50 waits for an echo before it counts its datagram
+/// lost and sends the next: far beyond any round trip on loopback, short enough that a loss
+/// costs the socket little of a measured window.
+pub const LOSS_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Starts a fresh server for `peer` and measures `scenario` once.
 pub fn measure(
@@ -394,6 +418,38 @@ pub fn measure(
         Scenario::S6 => {
             let (addr, n) = (target.tcp()?, s.s6_conns);
             return on_load_thread(load_cpu, move || idle(addr, pid, n));
+        }
+        Scenario::U1 | Scenario::U1x50 => {
+            let load = DatagramLoad {
+                sockets: if scenario == Scenario::U1 { 1 } else { 50 },
+                size: 64,
+                warmup: s.warmup,
+                duration: s.duration,
+                loss_timeout: LOSS_TIMEOUT,
+            };
+            let addr = target.udp()?;
+            let mut r = on_load_thread(load_cpu, move || {
+                load::run_datagrams(addr, &load, Some(pid))
+            })?;
+            let secs = r.elapsed.as_secs_f64().max(1e-9);
+            let sent = r.datagrams + r.lost;
+            let mut m = Metrics {
+                msgs_per_s: Some(r.datagrams as f64 / secs),
+                p50_us: r.latencies.quantile_us(0.5),
+                p99_us: r.latencies.quantile_us(0.99),
+                p999_us: r.latencies.quantile_us(0.999),
+                lost_pct: (sent > 0).then(|| 100.0 * r.lost as f64 / sent as f64),
+                load_cpu_pct: Some(100.0 * r.load_cpu.as_secs_f64() / secs),
+                ..Metrics::default()
+            };
+            if r.late > 0 {
+                eprintln!(
+                    "  note: {} echoes came after their datagram was given up",
+                    r.late
+                );
+            }
+            m.server(r.server, r.elapsed, r.datagrams);
+            return Ok(m);
         }
     };
     let mut r = on_load_thread(load_cpu, move || {

@@ -4,10 +4,12 @@
 //! another thread (which makes the servers' writes partial). A short run of S2U shows that
 //! the peers without a Unix-domain server are skipped, not failed. The proxy peers, started
 //! with `--upstream` in front of tokio-ct's echo server, pass the same checks, and a short
-//! run of S2P measures them and skips the echo servers.
+//! run of S2P measures them and skips the echo servers. The UDP echo servers (`udp:127.0.0.1:0`)
+//! send every datagram back whole, to its sender, and a short run of U1 and U1x50 measures
+//! them and skips the peers without one.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,6 +28,8 @@ const PEERS: [&str; 8] = [
 ];
 /// The peers with a Unix-domain server (the ones S2U measures).
 const UNIX_PEERS: [&str; 2] = ["iotask-actor", "tokio-ct"];
+/// The peers with a UDP echo server (the ones U1 and U1x50 measure).
+const UDP_PEERS: [&str; 2] = ["iotask-actor", "tokio-ct"];
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The server process, killed when the test ends (passing or not).
@@ -322,4 +326,117 @@ fn unknown_peer_is_refused() {
         .expect("run the binary");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown peer"));
+}
+
+/// A UDP client connected to `server`, whose receives time out.
+fn udp_client(server: SocketAddr) -> UdpSocket {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.connect(server).unwrap();
+    socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+    socket
+}
+
+#[test]
+fn udp_peers_echo_every_datagram_whole_to_its_sender() {
+    for peer in UDP_PEERS {
+        let (_server, line) = start(peer, "udp:127.0.0.1:0");
+        let addr: SocketAddr = line
+            .strip_prefix("udp:")
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("{peer}: printed {line:?}, not udp:ADDRESS"));
+        // Two clients take turns; each datagram must come back whole to the one that sent it.
+        let clients = [udp_client(addr), udp_client(addr)];
+        let mut buf = vec![0u8; 65536];
+        // From empty to the largest IPv4 datagram.
+        for (i, size) in [0, 1, 64, 1400, 9000, 65507].into_iter().enumerate() {
+            for (c, client) in clients.iter().enumerate() {
+                let sent = bytes((i * 2 + c) as u32, size);
+                client.send(&sent).unwrap();
+                let n = client
+                    .recv(&mut buf)
+                    .unwrap_or_else(|e| panic!("{peer}: {size} B datagram: no echo: {e}"));
+                assert!(buf[..n] == sent, "{peer}: the {size} B echo differs");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_peer_without_a_udp_server_refuses_a_udp_address() {
+    let out = Command::new(env!("CARGO_BIN_EXE_iotask-bench"))
+        .args(["serve", "mio", "udp:127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the binary");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no UDP server"), "{stderr}");
+}
+
+/// A short run of U1 and U1x50: the two UDP servers are measured (datagrams per second,
+/// ratio to tokio-ct, CPU per datagram, losses), mio is skipped with a note, and the run
+/// succeeds.
+#[test]
+fn u1_measures_the_udp_peers_and_skips_the_others() {
+    let dir = TempDir::new("u1-run");
+    let (md, svg) = (dir.0.join("run.md"), dir.0.join("run.svg"));
+    let out = Command::new(env!("CARGO_BIN_EXE_iotask-bench"))
+        .args([
+            "--scenarios",
+            "U1,U1x50",
+            "--peers",
+            "iotask-actor,tokio-ct,mio",
+        ])
+        .args(["--layout", "unpinned", "--rounds", "1", "--duration", "0.2"])
+        .arg("--no-syscalls")
+        .arg("--out-md")
+        .arg(&md)
+        .arg("--out-svg")
+        .arg(&svg)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the harness");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("FAILED"), "{stderr}");
+    let report = std::fs::read_to_string(&md).unwrap();
+    for scenario in ["U1", "U1x50"] {
+        assert!(
+            report.contains(&format!(
+                "> {scenario}: no server of mio for this transport; skipped."
+            )),
+            "{report}"
+        );
+        // | U1 | msg/s | unpinned | 12,345 (1.02×) | 12,100 (ref) | – |
+        let row = report
+            .lines()
+            .find(|l| l.starts_with(&format!("| {scenario} | msg/s | unpinned |")))
+            .unwrap_or_else(|| panic!("no {scenario} summary row:\n{report}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert!(
+            cells[4].ends_with("×)"),
+            "iotask-actor's figure and ratio: {row}"
+        );
+        assert!(cells[5].ends_with("(ref)"), "tokio-ct's figure: {row}");
+        assert_eq!(cells[6], "–", "mio is not measured: {row}");
+        // | iotask-actor | unpinned | datagrams/s | p50 µs | … | lost % | server CPU % | CPU µs/datagram | …
+        let detail = report
+            .split(&format!("### {scenario}: "))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {scenario} section:\n{report}"));
+        assert!(detail.contains("CPU µs/datagram"), "{detail}");
+        for peer in UDP_PEERS {
+            let row = detail
+                .lines()
+                .find(|l| l.starts_with(&format!("| {peer} | unpinned |")))
+                .unwrap_or_else(|| panic!("no {peer} row in {scenario}:\n{detail}"));
+            let figures: Vec<&str> = row.split('|').map(str::trim).collect();
+            let rate: f64 = figures[3].replace(',', "").parse().unwrap_or(0.0);
+            assert!(rate > 0.0, "{peer} in {scenario}: no datagrams/s: {row}");
+            assert!(
+                figures.iter().skip(3).all(|f| *f != "–"),
+                "{peer} in {scenario}: a figure is missing: {row}"
+            );
+        }
+    }
 }

@@ -1,11 +1,15 @@
 //! The echo servers under test, one per peer, each run in its own child process; and the
-//! two proxies of scenario S2P, which sit in front of tokio-ct's echo server.
+//! two proxies of scenario S2P, which sit in front of tokio-ct's echo server; and the UDP echo
+//! servers of scenarios U1 and U1x50.
 //!
 //! Every server binds the address it is given, prints the bound address on a line of its
 //! own on stdout, then echoes every byte back on every connection until it is killed.
 //! An address is `IP:PORT`, or `unix:PATH` for a Unix-domain stream socket, which only the
 //! peers that [`Peer::serves`] it have a server for (iotask-actor and tokio-ct, each the
 //! same server on `unix::bind` / `tokio::net::UnixListener`).
+//! An address `udp:IP:PORT` asks for a UDP echo server instead, which sends every datagram
+//! back to its sender; iotask-actor (the `udp_echo` example) and tokio-ct have one, and announce
+//! `udp:IP:PORT`.
 //! Each is written the way its stack's documentation teaches. All of them set
 //! `TCP_NODELAY` on accepted connections (iotask does so itself), and the ones that read
 //! into a buffer of their own use [`ECHO_BUFFER`] bytes, the size of iotask's default read
@@ -15,10 +19,12 @@
 mod iotask_actor;
 mod iotask_ports;
 mod iotask_proxy;
+mod iotask_udp;
 mod mio_floor;
 mod std_threads;
 mod tokio_echo;
 mod tokio_proxy;
+mod tokio_udp;
 
 use std::fmt;
 use std::io::{self, Write};
@@ -41,6 +47,8 @@ pub enum Transport {
     Unix,
     /// TCP on loopback through a proxy, in front of tokio-ct's echo server (the upstream).
     Proxied,
+    /// UDP on loopback: datagrams echoed to their sender.
+    Udp,
 }
 
 /// A server implementation under test.
@@ -155,11 +163,11 @@ impl Peer {
     }
 
     /// Whether this peer has a server for `transport`: every echo server serves TCP, two
-    /// serve Unix-domain sockets, and only the proxies are measured through a proxy.
+    /// serve Unix-domain sockets and UDP, and only the proxies are measured through a proxy.
     pub fn serves(self, transport: Transport) -> bool {
         match transport {
             Transport::Tcp => !self.is_proxy(),
-            Transport::Unix => matches!(self, Peer::IotaskActor | Peer::TokioCt),
+            Transport::Unix | Transport::Udp => matches!(self, Peer::IotaskActor | Peer::TokioCt),
             Transport::Proxied => self.is_proxy(),
         }
     }
@@ -205,17 +213,17 @@ impl FromStr for Peer {
     }
 }
 
-/// Runs `peer`'s echo server on `addr` (`IP:PORT` or `unix:PATH`), or its proxy to
-/// `upstream`, until the process is killed.
+/// Runs `peer`'s echo server on `addr` (`IP:PORT`, `unix:PATH` or `udp:IP:PORT`), or its
+/// proxy to `upstream`, until the process is killed.
 ///
 /// # Errors
 ///
-/// `Unsupported` for a Unix-domain address and a peer that does not [`serve`](Peer::serves)
-/// one, `InvalidInput` for a proxy without an upstream or an echo server with one;
+/// `Unsupported` for a Unix-domain or UDP address and a peer that does not
+/// [`serve`](Peer::serves) one, `InvalidInput` for a proxy without an upstream or an echo server with one;
 /// otherwise the server's own errors (binding, mostly).
 pub fn serve(peer: Peer, addr: &str, upstream: Option<SocketAddr>) -> io::Result<()> {
     match (peer.is_proxy(), upstream) {
-        (true, Some(upstream)) if !addr.starts_with("unix:") => {
+        (true, Some(upstream)) if !addr.starts_with("unix:") && !addr.starts_with("udp:") => {
             return match peer {
                 Peer::IotaskProxy => iotask_proxy::serve(addr, upstream),
                 _ => tokio_proxy::serve(addr, upstream),
@@ -224,7 +232,7 @@ pub fn serve(peer: Peer, addr: &str, upstream: Option<SocketAddr>) -> io::Result
         (true, Some(_)) => {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                format!("{peer} has no Unix-domain server"),
+                format!("{peer} has no Unix-domain or UDP server"),
             ));
         }
         (true, None) => {
@@ -240,6 +248,16 @@ pub fn serve(peer: Peer, addr: &str, upstream: Option<SocketAddr>) -> io::Result
             ));
         }
         (false, None) => {}
+    }
+    if let Some(addr) = addr.strip_prefix("udp:") {
+        return match peer {
+            Peer::IotaskActor => iotask_udp::serve(addr),
+            Peer::TokioCt => tokio_udp::serve(addr),
+            other => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("{other} has no UDP server"),
+            )),
+        };
     }
     if let Some(path) = addr.strip_prefix("unix:") {
         let path = Path::new(path);
@@ -278,6 +296,11 @@ fn announce(addr: SocketAddr) {
 /// Tells the harness where a Unix-domain server listens: `unix:PATH`, alone on a line.
 fn announce_unix(path: &Path) {
     announce_line(format_args!("unix:{}", path.display()));
+}
+
+/// Tells the harness where a UDP echo server listens: `udp:IP:PORT`, alone on a line.
+fn announce_udp(addr: SocketAddr) {
+    announce_line(format_args!("udp:{addr}"));
 }
 
 fn announce_line(line: fmt::Arguments<'_>) {
