@@ -49,6 +49,8 @@ const ADDR_B: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 /// The TUN device's name in each namespace.
 const DEVICE: &str = "lossy0";
 const MIB: u64 = 1024 * 1024;
+/// The prefix of every namespace this test makes; the rest is `<pid>-<n>-<side>`.
+const NETNS_PREFIX: &str = "iotask-lossy-";
 
 /// The impairment of the transfer tests.
 const LOSSY: Impairment = Impairment {
@@ -104,10 +106,10 @@ impl Lab {
         if !std::path::Path::new("/dev/net/tun").exists() {
             return Err("/dev/net/tun does not exist".to_owned());
         }
-        netns::remove_stale();
+        netns::remove_stale(NETNS_PREFIX);
         let n = LABS.fetch_add(1, Ordering::Relaxed);
-        let a = Netns::add(&netns::unique_name(n, "a"))?;
-        let b = Netns::add(&netns::unique_name(n, "b"))?;
+        let a = Netns::add(&netns::unique_name(NETNS_PREFIX, n, "a"))?;
+        let b = Netns::add(&netns::unique_name(NETNS_PREFIX, n, "b"))?;
         if netns::initial_netns().is_none() {
             return Err("cannot read /proc/self/ns/net".to_owned());
         }

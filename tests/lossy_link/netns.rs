@@ -3,15 +3,15 @@
 //!
 //! Everything here runs as root through `ip` (iproute2) and `/dev/net/tun`. A namespace is a
 //! [`Netns`] guard: `ip netns del` runs when it drops, also while a failing test unwinds.
+//!
+//! Shared with `tests/udp_multicast.rs` (through `#[path]`), whose namespaces have a prefix
+//! of their own and are joined by a veth pair instead of TUN devices.
 
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
-
-/// The prefix of every namespace this test makes; the rest is `<pid>-<n>-<side>`.
-const PREFIX: &str = "iotask-lossy-";
 
 /// A named network namespace (`/var/run/netns/<name>`), deleted when dropped.
 #[derive(Debug)]
@@ -120,7 +120,7 @@ impl Drop for Netns {
     fn drop(&mut self) {
         // The namespace itself goes once nothing uses it any more; this removes its name.
         if let Err(e) = ip(&["netns", "del", &self.name]) {
-            eprintln!("lossy_link: could not remove namespace {}: {e}", self.name);
+            eprintln!("could not remove network namespace {}: {e}", self.name);
         }
     }
 }
@@ -138,27 +138,29 @@ pub fn initial_netns() -> Option<u64> {
     thread_netns("self")
 }
 
-/// A name for a new namespace of this process: `iotask-lossy-<pid>-<n>-<side>`.
-pub fn unique_name(n: usize, side: &str) -> String {
-    format!("{PREFIX}{}-{n}-{side}", std::process::id())
+/// A name for a new namespace of this process: `<prefix><pid>-<n>-<side>`. Each test binary
+/// has a prefix of its own (`iotask-lossy-`, `iotask-mc-`), which
+/// [`remove_stale`] is given too.
+pub fn unique_name(prefix: &str, n: usize, side: &str) -> String {
+    format!("{prefix}{}-{n}-{side}", std::process::id())
 }
 
-/// Removes namespaces left behind by earlier runs of this test that were killed before
-/// their guards ran (their process is gone).
-pub fn remove_stale() {
+/// Removes namespaces named with `prefix` left behind by earlier runs of this test that
+/// were killed before their guards ran (their process is gone).
+pub fn remove_stale(prefix: &str) {
     let Ok(entries) = std::fs::read_dir("/var/run/netns") else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(PREFIX) else {
+        let Some(rest) = name.strip_prefix(prefix) else {
             continue;
         };
         let Some(pid) = rest.split('-').next() else {
             continue;
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            eprintln!("lossy_link: removing stale namespace {name}");
+            eprintln!("removing stale network namespace {name}");
             let _ = ip(&["netns", "del", &name]);
         }
     }
