@@ -109,6 +109,11 @@ impl UdpOptions {
     /// all set it may bind one address and port. Each gets a copy of a multicast or
     /// broadcast datagram; unicast datagrams are spread between them on Linux, and go to
     /// one of them elsewhere.
+    ///
+    /// On Linux, keep the sockets of one port alike in their multicast memberships: when
+    /// only some are members of a group, the kernel has been seen (6.18, with
+    /// `net.ipv4.udp_early_demux` on, the default) to hand the group's datagram to a
+    /// socket of the port chosen by hash, member or not (`tests/udp_multicast.rs`).
     pub fn reuse_port(mut self, on: bool) -> UdpOptions {
         self.reuse_port = on;
         self
@@ -361,8 +366,9 @@ impl UdpSocket {
     /// once the kernel has the datagram, or with why it refused it. Dropping the future
     /// does not cancel the send.
     ///
-    /// Datagrams the kernel cannot take yet (its send buffer is full) wait in the I/O task
-    /// for as long as it takes; [`queued`](UdpSocket::queued) counts them.
+    /// Datagrams the kernel cannot take yet (its send buffer is full) wait in the I/O task,
+    /// up to the [send queue limit](UdpSocket::set_send_queue_limit);
+    /// [`queued`](UdpSocket::queued) counts them.
     ///
     /// # Errors (of the future)
     ///
@@ -370,7 +376,8 @@ impl UdpSocket {
     /// payload) or, with path MTU discovery forced, than the path; `"EACCES"` for a
     /// broadcast address without [`set_broadcast`](UdpSocket::set_broadcast);
     /// `"ENETUNREACH"`, `"EHOSTUNREACH"`; `"ECONNREFUSED"` on a connected socket whose
-    /// peer refused an earlier datagram (this datagram was not sent); `"CLOSED"` or
+    /// peer refused an earlier datagram (this datagram was not sent); `"ENOBUFS"` when the
+    /// send queue is at its limit (not sent); `"CLOSED"` or
     /// `"SHUTDOWN"` when the socket or the I/O task went away first.
     pub fn send_to(&self, data: impl Into<Vec<u8>>, addr: SocketAddr) -> SendFuture {
         self.send_inner(data.into(), Some(addr))
@@ -486,6 +493,31 @@ impl UdpSocket {
         self.raw.state().queued.load(Ordering::Relaxed)
     }
 
+    /// Bytes of the datagrams sent and not yet taken by the kernel.
+    pub fn queued_bytes(&self) -> usize {
+        self.raw.state().queued_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bounds the bytes of datagrams waiting for the kernel (default 4 MiB; `None`: no
+    /// bound). A send that would pass the bound fails at once with `"ENOBUFS"` and is not
+    /// sent, as the kernel itself does when its queue is full: an actor that sends faster
+    /// than the network takes loses datagrams instead of memory. An empty queue takes any
+    /// one datagram. Applies to the sends made after it.
+    pub fn set_send_queue_limit(&self, bytes: Option<usize>) {
+        self.raw
+            .state()
+            .queue_limit
+            .store(bytes.unwrap_or(usize::MAX), Ordering::Relaxed);
+    }
+
+    /// The bound on bytes waiting for the kernel (`None`: none).
+    pub fn send_queue_limit(&self) -> Option<usize> {
+        match self.raw.state().queue_limit.load(Ordering::Relaxed) {
+            usize::MAX => None,
+            bytes => Some(bytes),
+        }
+    }
+
     /// Sets the largest datagram received whole (default 65,536 bytes, more than any
     /// IPv4 or non-jumbo IPv6 datagram); a longer one is cut to it and flagged
     /// [`truncated`](Datagram::truncated). Applies from the next datagram received.
@@ -561,7 +593,13 @@ impl UdpSocket {
 
     /// Joins the IPv4 multicast `group` on the interface with address `interface`
     /// (`Ipv4Addr::UNSPECIFIED`: the system chooses). The socket must be bound to the
-    /// group's port, and receives the group's datagrams until it leaves or closes.
+    /// group's port (or to the group's address and port), and receives the group's
+    /// datagrams until it leaves or closes.
+    ///
+    /// On Linux a socket bound to the wildcard address also receives the datagrams of
+    /// every group that *another* socket of the host has joined on its port, before it
+    /// joins and after it leaves, unless it turns that off with
+    /// [`set_multicast_all`](UdpSocket::set_multicast_all).
     ///
     /// # Errors
     ///
@@ -661,6 +699,38 @@ impl UdpSocket {
             false => socket.set_multicast_loop_v4(on)?,
         }
         Ok(())
+    }
+
+    /// Whether the socket receives the datagrams of groups it has not joined itself
+    /// (Linux's `IP_MULTICAST_ALL` / `IPV6_MULTICAST_ALL`, on by default; see
+    /// [`join_multicast_v4`](UdpSocket::join_multicast_v4)). Turn it off on a wildcard-bound
+    /// socket that must receive exactly its own groups.
+    ///
+    /// # Errors
+    ///
+    /// The system's error.
+    #[cfg(target_os = "linux")]
+    pub fn set_multicast_all(&self, on: bool) -> Result<(), Error> {
+        let socket = self.raw.socket();
+        match self.is_v6()? {
+            true => socket.set_multicast_all_v6(on)?,
+            false => socket.set_multicast_all_v4(on)?,
+        }
+        Ok(())
+    }
+
+    /// Whether the socket receives the datagrams of groups it has not joined itself.
+    ///
+    /// # Errors
+    ///
+    /// The system's error.
+    #[cfg(target_os = "linux")]
+    pub fn multicast_all(&self) -> Result<bool, Error> {
+        let socket = self.raw.socket();
+        Ok(match self.is_v6()? {
+            true => socket.multicast_all_v6()?,
+            false => socket.multicast_all_v4()?,
+        })
     }
 
     /// Sends IPv4 multicast datagrams through the interface with address `interface`.

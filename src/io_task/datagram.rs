@@ -147,8 +147,23 @@ pub(crate) struct DatagramState {
     pub(crate) dropped: AtomicU64,
     /// The largest datagram received whole.
     pub(crate) max_datagram: AtomicUsize,
-    /// Datagrams waiting in the loop for the kernel to take them.
+    /// Datagrams sent and not yet taken by the kernel (or refused).
     pub(crate) queued: AtomicUsize,
+    /// Their bytes.
+    pub(crate) queued_bytes: AtomicUsize,
+    /// The most bytes that may be queued; a send beyond it fails at once with `ENOBUFS`.
+    pub(crate) queue_limit: AtomicUsize,
+}
+
+/// The default of `DatagramState::queue_limit`: as much as a mailbox's window.
+pub(crate) const DEFAULT_SEND_QUEUE_LIMIT: usize = 4 << 20;
+
+impl DatagramState {
+    /// A send of `len` bytes left the queue.
+    fn dequeued(&self, len: usize) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+    }
 }
 
 /// A send waiting for the socket to be writable.
@@ -513,14 +528,14 @@ impl EventLoop {
                     for send in d.sends.drain(..n) {
                         self.stats.datagrams_sent += 1;
                         self.stats.bytes_written += send.data.len() as u64;
-                        d.state.queued.fetch_sub(1, Ordering::Relaxed);
+                        d.state.dequeued(send.data.len());
                         let _ = send.reply.send(Ok(send.data.len()));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     if let Some(send) = d.sends.pop_front() {
-                        d.state.queued.fetch_sub(1, Ordering::Relaxed);
+                        d.state.dequeued(send.data.len());
                         let _ = send.reply.send(Err(Error::from(e)));
                     }
                 }
@@ -568,7 +583,7 @@ impl EventLoop {
         self.end_reading_datagrams(key, error);
         if let Some(Entry::Datagram(d)) = self.get(key) {
             for send in d.sends.drain(..) {
-                d.state.queued.fetch_sub(1, Ordering::Relaxed);
+                d.state.dequeued(send.data.len());
                 let _ = send.reply.send(Err(error.clone()));
             }
         }
@@ -662,6 +677,8 @@ impl RawDatagram {
             dropped: AtomicU64::new(0),
             max_datagram: AtomicUsize::new(DEFAULT_MAX_DATAGRAM),
             queued: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            queue_limit: AtomicUsize::new(DEFAULT_SEND_QUEUE_LIMIT),
         });
         let key = request(task, |reply: Reply<Key>| Command::AddDatagram {
             socket: socket.clone(),
@@ -740,8 +757,21 @@ impl RawDatagram {
         data: Vec<u8>,
         to: Option<SocketAddr>,
     ) -> Result<oneshot::Receiver<Result<usize, Error>>, Error> {
-        let (reply, rx) = oneshot::channel();
+        let len = data.len();
+        let before = self.state.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        let limit = self.state.queue_limit.load(Ordering::Relaxed);
+        // An empty queue takes any one datagram, so that a limit below a datagram's size
+        // cannot stop the socket sending.
+        if before > 0 && before + len > limit {
+            self.state.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            return Err(Error::new(
+                "ENOBUFS",
+                "the socket's send queue is full",
+                std::io::ErrorKind::WouldBlock,
+            ));
+        }
         self.state.queued.fetch_add(1, Ordering::Relaxed);
+        let (reply, rx) = oneshot::channel();
         let sent = self.task.send(Command::SendTo {
             key: self.key,
             data,
@@ -749,7 +779,7 @@ impl RawDatagram {
             reply,
         });
         if let Err(e) = sent {
-            self.state.queued.fetch_sub(1, Ordering::Relaxed);
+            self.state.dequeued(len);
             return Err(e);
         }
         Ok(rx)
