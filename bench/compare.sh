@@ -114,7 +114,7 @@ for f in "$run_dir"/old-*.md "$run_dir"/new-*.md; do
     awk -v which="$which" -F'|' '
         /^### / {
             scenario = ""
-            if ($0 ~ /^### S[0-9]+U?: / && $0 !~ /system calls/) {
+            if ($0 ~ /^### (S[0-9]+[UP]?|U[0-9]+(x[0-9]+)?): / && $0 !~ /system calls/) {
                 scenario = substr($0, 5, index($0, ":") - 5)
             }
             ncols = 0
@@ -168,6 +168,7 @@ awk -F'\t' -v old="$old_name" -v new="$new_name" -v rounds="$rounds" -v peers="$
         if (s == "S3" || s == "S4") return "MB/s"
         if (s == "S5") return "conn/s"
         if (s == "S6") return "KiB/conn"
+        if (s ~ /^U/) return "datagrams/s"
         return "msg/s"
     }
     function get(which, s, l, p, col,    k) {
@@ -187,7 +188,7 @@ awk -F'\t' -v old="$old_name" -v new="$new_name" -v rounds="$rounds" -v peers="$
             "medians shown; every figure from one run of both.\n\n", old, new, rounds, rounds == 1 ? "" : "s"
         for (i = 1; i <= ns; i++) {
             s = sc[i]; h = headline(s)
-            per = (s == "S5") ? "conn" : "op"
+            per = (s == "S5") ? "conn" : (s ~ /^U/) ? "datagram" : "op"
             better = (s == "S1" || s == "S6") ? "lower" : "higher"
             for (j = 1; j <= nl; j++) {
                 l = la[j]
