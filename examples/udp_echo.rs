@@ -9,7 +9,8 @@
 //! [`Event::Datagram`]s, each whole and with its sender's address, next to any other event the
 //! actor might have. The actor echoes each one with [`UdpSocket::send_to`] and goes straight on
 //! to the next: the send is queued in order behind the earlier ones, and its [`SendFuture`] is
-//! kept only to count the sends the kernel refused, checked without waiting once it resolved.
+//! kept only to count the sends the kernel refused, checked without waiting
+//! ([`SendFuture::try_get`]).
 //! A datagram arriving while the actor is more than the mailbox's window (4 MiB) behind is
 //! dropped by the I/O task, as a UDP server may drop it, instead of piling up.
 //!
@@ -18,11 +19,8 @@
 
 use std::collections::VecDeque;
 use std::error::Error;
-use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
 
 use iotask::udp::{SendFuture, UdpSocket};
 use iotask::{Event, IoTask, Mailbox};
@@ -54,7 +52,7 @@ pub fn serve(socket: UdpSocket) -> Result<Tally, iotask::Error> {
                 let to = datagram.from;
                 sending.push_back((to, socket.send_to(datagram.data, to)));
                 tally.echoed += 1;
-                while let Some(result) = sending.front_mut().and_then(|(_, send)| resolved(send)) {
+                while let Some(result) = sending.front_mut().and_then(|(_, send)| send.try_get()) {
                     let (to, _) = sending.pop_front().expect("the front resolved");
                     if let Err(e) = result {
                         tally.failed += 1;
@@ -68,16 +66,6 @@ pub fn serve(socket: UdpSocket) -> Result<Tally, iotask::Error> {
             Event::Closed { .. } => return Ok(tally),
             _ => {}
         }
-    }
-}
-
-/// The result of `send` if the kernel has already taken or refused its datagram. A
-/// `SendFuture` is a `Future`: polled once with a waker that does nothing, it answers
-/// without waiting.
-fn resolved(send: &mut SendFuture) -> Option<Result<usize, iotask::Error>> {
-    match Pin::new(send).poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(result) => Some(result),
-        Poll::Pending => None,
     }
 }
 

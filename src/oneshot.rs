@@ -175,6 +175,16 @@ impl<T> Receiver<T> {
         }
     }
 
+    /// The value if it has arrived, without waiting; `Canceled` when it never will.
+    pub(crate) fn try_recv(&self) -> Result<Option<T>, Canceled> {
+        let mut state = self.slot.lock();
+        match state.value.take() {
+            Some(value) => Ok(Some(value)),
+            None if state.sender_gone => Err(Canceled),
+            None => Ok(None),
+        }
+    }
+
     /// Blocks until the value arrives, the sender is dropped, or the deadline passes.
     pub(crate) fn recv_deadline(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
         let mut state = self.slot.lock();

@@ -981,6 +981,50 @@ impl SendFuture {
         self.state = SendState::Ready(Some(result.clone()));
         result
     }
+
+    /// The outcome if the kernel has already taken or refused the datagram, without
+    /// waiting; `None` while it is queued. Once it returned the outcome, later calls
+    /// return it again.
+    ///
+    /// # Examples
+    ///
+    /// An actor that sends without waiting and counts the failures later:
+    ///
+    /// ```
+    /// # use iotask::udp::UdpSocket;
+    /// # let iotask = iotask::IoTask::spawn()?;
+    /// # let sock = UdpSocket::bind("127.0.0.1:0", &iotask)?;
+    /// # let peer = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    /// let mut pending = vec![sock.send_to(b"one".to_vec(), peer.local_addr()?)];
+    /// pending.push(sock.send_to(vec![0; 70_000], peer.local_addr()?)); // too large
+    /// let mut failed = 0;
+    /// while !pending.is_empty() {
+    ///     pending.retain_mut(|send| match send.try_get() {
+    ///         Some(Ok(_)) => false,
+    ///         Some(Err(_)) => {
+    ///             failed += 1;
+    ///             false
+    ///         }
+    ///         None => true,
+    ///     });
+    /// }
+    /// assert_eq!(failed, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_get(&mut self) -> Option<Result<usize, Error>> {
+        let result = match &mut self.state {
+            SendState::Waiting(rx) => match rx.try_recv() {
+                Ok(Some(result)) => result,
+                Ok(None) => return None,
+                Err(oneshot::Canceled) => Err(Error::shutdown()),
+            },
+            SendState::Ready(result) => {
+                return Some(result.clone().unwrap_or_else(|| Err(Error::shutdown())));
+            }
+        };
+        self.state = SendState::Ready(Some(result.clone()));
+        Some(result)
+    }
 }
 
 impl Future for SendFuture {
