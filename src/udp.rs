@@ -258,6 +258,23 @@ impl UdpSocket {
     /// `"EAFNOSUPPORT"` or `"EINVAL"` for an address of the other IP version (an IPv6
     /// socket reaches IPv4 peers through IPv4-mapped addresses), `"ENETUNREACH"` without a
     /// route.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use iotask::udp::UdpSocket;
+    /// # let iotask = iotask::IoTask::spawn()?;
+    /// let sock = UdpSocket::bind("127.0.0.1:0", &iotask)?;
+    /// // A port nobody listens on: the host answers with an ICMP "port unreachable".
+    /// let nobody = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+    /// sock.connect(nobody)?;
+    /// let port = sock.recv_start()?;
+    /// sock.send(b"anyone there?".to_vec()).get()?;
+    /// let error = port.recv_timeout(Duration::from_secs(5)).unwrap_err();
+    /// assert_eq!(error.name(), "ECONNREFUSED");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn connect(&self, addr: SocketAddr) -> Result<(), Error> {
         Ok(self.raw.socket().connect(&addr.into())?)
     }
