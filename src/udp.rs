@@ -89,6 +89,8 @@ pub struct UdpOptions {
     broadcast: bool,
     recv_buffer_size: Option<usize>,
     send_buffer_size: Option<usize>,
+    /// `bind_pool`'s sockets: the system's port sharing that spreads datagrams.
+    spread: bool,
 }
 
 impl UdpOptions {
@@ -152,7 +154,10 @@ impl UdpOptions {
         if self.reuse_address {
             socket.set_reuse_address(true)?;
         }
-        if self.reuse_port {
+        if self.spread {
+            // Where plain `SO_REUSEPORT` does not spread datagrams but a variant does.
+            crate::io_task::sys::set_reuse_port(&socket)?;
+        } else if self.reuse_port {
             socket.set_reuse_port(true)?;
         }
         if let (Some(only), SocketAddr::V6(_)) = (self.only_v6, addr) {
@@ -212,6 +217,53 @@ impl UdpSocket {
             }
         }
         Err(last)
+    }
+
+    /// One socket on every I/O task of `pool`, all bound to the same address with
+    /// `SO_REUSEPORT` (set whatever `options` say): the kernel spreads incoming datagrams
+    /// over them by their sender's address and port, so each task serves its share and a
+    /// sender's datagrams all reach one socket. The `i`-th socket is served by the pool's
+    /// `i`-th task; give each to an actor of its own.
+    ///
+    /// Linux and FreeBSD (with `SO_REUSEPORT_LB`) spread unicast datagrams; on macOS,
+    /// NetBSD and OpenBSD the last socket bound receives them all, so a pool there serves
+    /// no more than one task would.
+    ///
+    /// # Errors
+    ///
+    /// As [`bind`](UdpSocket::bind); the sockets bound before a failure are closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use iotask::{IoPool, udp::{UdpOptions, UdpSocket}};
+    ///
+    /// let pool = IoPool::spawn(2)?;
+    /// let sockets = UdpSocket::bind_pool("127.0.0.1:0", &UdpOptions::new(), &pool)?;
+    /// assert_eq!(sockets.len(), 2);
+    /// assert_eq!(sockets[0].local_addr()?, sockets[1].local_addr()?);
+    /// # pool.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn bind_pool<A: ToListenAddrs>(
+        addr: A,
+        options: &UdpOptions,
+        pool: &crate::IoPool,
+    ) -> Result<Vec<UdpSocket>, Error> {
+        let options = UdpOptions {
+            spread: true,
+            ..options.clone()
+        };
+        let mut sockets: Vec<UdpSocket> = Vec::with_capacity(pool.tasks().len());
+        for task in pool.tasks() {
+            let socket = match sockets.first() {
+                None => UdpSocket::bind_with(&addr, &options, task)?,
+                // The others bind where the first did, port 0 resolved.
+                Some(first) => UdpSocket::bind_with(first.local_addr()?, &options, task)?,
+            };
+            sockets.push(socket);
+        }
+        Ok(sockets)
     }
 
     /// Serves a socket bound with the standard library (its options are kept).

@@ -548,3 +548,50 @@ fn stats_count_datagrams() {
     assert_eq!(stats.datagrams_sent, 1);
     assert_eq!((stats.bytes_read, stats.bytes_written), (5, 3));
 }
+
+#[test]
+fn a_pool_of_sockets_on_one_port_spreads_senders_over_its_tasks() {
+    let pool = iotask::IoPool::spawn(2).unwrap();
+    let sockets = UdpSocket::bind_pool("127.0.0.1:0", &UdpOptions::new(), &pool).unwrap();
+    assert_eq!(sockets.len(), 2);
+    let to = sockets[0].local_addr().unwrap();
+    assert_eq!(sockets[1].local_addr().unwrap(), to);
+    let ports: Vec<_> = sockets.iter().map(|s| s.recv_start().unwrap()).collect();
+    // Senders from 32 ports: the kernel hashes each to one socket, and both get some.
+    const SENDERS: usize = 32;
+    let senders: Vec<StdUdp> = (0..SENDERS)
+        .map(|_| StdUdp::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for (i, sender) in senders.iter().enumerate() {
+        for _ in 0..3 {
+            sender.send_to(&[i as u8], to).unwrap();
+        }
+    }
+    let mut got = [0usize; 2];
+    let mut owner = vec![None; SENDERS];
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    for _ in 0..3 * SENDERS {
+        let (k, d) = loop {
+            if let Some(d) = ports[0].try_recv() {
+                break (0, d.unwrap());
+            }
+            if let Some(d) = ports[1].try_recv() {
+                break (1, d.unwrap());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {got:?} of {} datagrams arrived",
+                3 * SENDERS
+            );
+            std::thread::yield_now();
+        };
+        got[k] += 1;
+        let i = d.data[0] as usize;
+        assert_eq!(d.from, senders[i].local_addr().unwrap());
+        // One sender's datagrams all reach the same socket.
+        assert_eq!(*owner[i].get_or_insert(k), k, "sender {i} was split");
+    }
+    assert!(got[0] > 0 && got[1] > 0, "the pool did not spread: {got:?}");
+    drop((ports, sockets));
+    pool.shutdown();
+}
