@@ -1,10 +1,11 @@
 //! The I/O thread: one poller, one slab, commands drained in batches.
 //!
 //! A cycle is: drain every queued command, flush the streams that got new writes and the
-//! datagram sockets that got new sends, send the mailbox batches, wait on the poller, dispatch its events, fire due timers. Only this
-//! thread reads, writes, accepts or connects on a registered socket, and no user code runs
-//! here. What each kind of slot does lives beside its entry: `stream.rs`, `listener.rs`,
-//! `connect.rs`; timers in `timers.rs`.
+//! datagram sockets that got new sends, send the mailbox batches, wait on the poller,
+//! dispatch its events, fire due timers. Only this thread reads, writes, accepts or
+//! connects on a registered socket, and no user code runs here. What each kind of slot does
+//! lives beside its entry: `stream.rs`, `listener.rs`, `connect.rs`, `datagram.rs`; timers
+//! in `timers.rs`.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -499,7 +500,7 @@ impl EventLoop {
                 Timer::DrainListener(id) => self.close_connections_of(id),
                 Timer::RecvDeadline(key) => self.datagram_recv_deadline(key, at),
                 Timer::DatagramLinger(key) => {
-                    if Self::datagram_is_closing(self.get(key).map(|e| &*e)) {
+                    if Self::datagram_is_closing(self.get(key).as_deref()) {
                         self.remove(key, Error::closed());
                     }
                 }
